@@ -1,0 +1,302 @@
+"""The adversarial loop shared by LM-ADDA, output-layer ADDA and multi-layer LM-ADDA.
+
+G is the frozen source model, G' a copy whose layers ``first .. last`` (default ``1 .. l``)
+train so that a discriminator cannot tell ``G'_l(x')`` (target) from ``G_l(x)`` (source).
+Layers after ``l`` are never touched, so G' = G'_{<=l} followed by G_{>l}.
+
+What keeps it stable (adversarial adaptation collapses; see REFERENCE.md and
+``docs/benchmarks.md`` for the measurements behind each default):
+
+* the forward pass stops at layer ``l``; G's source taps come from ``no_grad``;
+* G and G' run in the same declared BatchNorm mode; G' starts from AdaBN statistics;
+* a spectrally normalised discriminator sized for the tap, least-squares loss, a smaller
+  learning rate for G' than for D, and optional accuracy gating of G' updates;
+* a source-consistency term: on *source* images G'_l must still equal G_l, so G' cannot
+  wander off into a mapping that fools D but forgets what G computed;
+* an exponential moving average of G''s weights, which is what gets evaluated and kept;
+* a label-free criterion evaluated every ``eval_every`` steps on fixed patches; the best
+  state is kept, divergence (non-finite losses, criterion blow-up) rolls back to it, and a
+  cancel keeps it too.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..devices import resolve_device
+from ..errors import ConfigError
+from ..models.discriminator import LayerDiscriminator
+from ..models.unet import UNetGenerator
+from .adabn import adapt_batchnorm, batchnorms_upto
+from .config import AdaptConfig
+from .distances import diag_w2
+from .events import AdaptResult, Evaluated, Event, Finished, Started, Step, StopReason
+from .sampling import fixed_batch, to_tensor
+
+__all__ = ["run_adversarial", "trainable_layers"]
+
+_BLOWUP = 4.0  # criterion above this multiple of its starting value counts as divergence
+
+
+def trainable_layers(model: UNetGenerator, layers: tuple[int, ...], cfg: AdaptConfig) -> tuple[int, int]:
+    """The ``(first, last)`` layers of G' that train for matching at ``layers``."""
+    for layer in layers:
+        model._check_layer(layer)
+    top = max(layers)
+    first, last = cfg.trainable or (1, top)
+    if last > top:
+        raise ConfigError(
+            f"trainable layers {first}..{last} go past the matched layer {top}: layers after "
+            "the matched one stay the source model's"
+        )
+    return first, last
+
+
+def _set_bn_mode(model: UNetGenerator, mode: str) -> None:
+    """eval: running stats; train: batch stats with running stats frozen (momentum 0)."""
+    model.eval()
+    if mode == "train":
+        for bn in batchnorms_upto(model):
+            bn.train()
+            bn.momentum = 0.0
+
+
+def _gan_loss(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
+    if kind == "lsgan":
+        return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
+def _accuracy(kind: str, src_logits: torch.Tensor, tgt_logits: torch.Tensor) -> float:
+    thr = 0.5 if kind == "lsgan" else 0.0
+    return 0.5 * (float((src_logits > thr).float().mean()) + float((tgt_logits <= thr).float().mean()))
+
+
+@torch.no_grad()
+def _taps(model: UNetGenerator, x: torch.Tensor, layers, chunk: int = 8) -> dict[int, torch.Tensor]:
+    parts = [model.forward_taps(x[i : i + chunk], layers) for i in range(0, len(x), chunk)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def run_adversarial(
+    model: UNetGenerator,
+    source,
+    target,
+    *,
+    layers: tuple[int, ...],
+    config: AdaptConfig,
+    method: str,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[Event]:
+    """Adapt ``model`` by adversarial matching at ``layers``; yields typed events.
+
+    Parameters
+    ----------
+    model : UNetGenerator
+        Source model G (not modified).
+    source, target : sampler
+        Objects with ``sample() -> ndarray (B, C, P, P)`` of normalised source / target patches
+        (see :mod:`napari_lmadda.adapt.sampling`).
+    layers : tuple of int
+        Layers matched (one for LM-ADDA, the output layer for ADDA, several for multi).
+    config : AdaptConfig
+        Hyper-parameters.
+    method : str
+        Name recorded in events and provenance.
+    cancel : callable, optional
+        Returns True to stop at the next step; the best state so far is kept.
+
+    Yields
+    ------
+    Event
+        ``Started``, ``Step`` per step, ``Evaluated`` per evaluation, ``Finished`` last.
+    """
+    cfg = config
+    layers = tuple(sorted({int(v) for v in layers}))
+    if not layers:
+        raise ConfigError("no layer to match")
+    first, last = trainable_layers(model, layers, cfg)
+    top, n_layers = max(layers), model.num_layers
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    G = copy.deepcopy(model).to(device)
+    G.requires_grad_(False)
+    Gp = copy.deepcopy(model).to(device)
+    Gp.requires_grad_(False)
+    train_blocks = [Gp.block(i) for i in range(first, last + 1)]
+    params = [p for b in train_blocks for p in b.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    if not params:
+        raise ConfigError(f"layers {first}..{last} have no trainable parameters")
+
+    eval_src = to_tensor(fixed_batch(source, cfg.eval_patches, cfg.seed + 1), device)
+    eval_tgt = to_tensor(fixed_batch(target, cfg.eval_patches, cfg.seed + 2), device)
+    if cfg.init_adabn and batchnorms_upto(Gp, last):
+        chunks = [eval_tgt[i : i + cfg.batch_size] for i in range(0, len(eval_tgt), cfg.batch_size)]
+        adapt_batchnorm(Gp, chunks, upto=last)
+    _set_bn_mode(G, cfg.bn_mode)
+    _set_bn_mode(Gp, cfg.bn_mode)
+    ema = copy.deepcopy(Gp).requires_grad_(False) if cfg.ema_decay > 0 else Gp
+    ema_params = [p for b in (ema.block(i) for i in range(first, last + 1)) for p in b.parameters()]
+
+    size = cfg.patch_size
+    info = {i.index: i for i in Gp.describe_layers(size)}
+    D = torch.nn.ModuleDict(
+        {
+            str(layer): LayerDiscriminator(
+                info[layer].channels,
+                min(info[layer].height, info[layer].width),
+                ndf=cfg.ndf,
+                spectral_norm=cfg.d_spectral_norm,
+            )
+            for layer in layers
+        }
+    ).to(device)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    opt_g = torch.optim.Adam(params, lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+
+    # reference activations of the frozen G on the fixed source patches (for the criterion)
+    eval_layers = tuple(range(top, n_layers + 1))
+    ref_src = _taps(G, eval_src, eval_layers)
+
+    def evaluate(net: UNetGenerator) -> dict[str, float]:
+        tgt = _taps(net, eval_tgt, eval_layers)
+        src_p = _taps(net, eval_src, (n_layers,))[n_layers]
+        gaps = [diag_w2(ref_src[k], tgt[k]) for k in eval_layers]
+        drift = float((src_p - ref_src[n_layers]).abs().mean() / (ref_src[n_layers].std() + 1e-6))
+        with torch.no_grad():
+            tl = _taps(net, eval_tgt, layers)
+            sl = {k: ref_src[k] if k in ref_src else None for k in layers}
+            accs = []
+            for k in layers:
+                s = sl[k] if sl[k] is not None else _taps(G, eval_src, (k,))[k]
+                accs.append(_accuracy(cfg.gan_loss, D[str(k)](s), D[str(k)](tl[k])))
+        m = {
+            "gap": float(sum(gaps) / len(gaps)) + drift,
+            "tap_w2": diag_w2(ref_src[top], tgt[top]),
+            "out_w2": gaps[-1],
+            "source_drift": drift,
+            "d_acc": float(sum(accs) / len(accs)),
+        }
+        m["criterion"] = abs(m["d_acc"] - 0.5) if cfg.criterion == "d_acc" else m.get(cfg.criterion, 0.0)
+        return m
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in ema.state_dict().items()}
+
+    n_params = sum(p.numel() for p in params)
+    yield Started(method, layers, cfg.steps, n_params, str(device), cfg.bn_mode, cfg.criterion)
+
+    history: list[dict[str, Any]] = []
+    m0 = evaluate(ema)
+    best_val, best_step, best_state = m0["criterion"], 0, snapshot()
+    start_val = max(m0["criterion"], 1e-8)
+    history.append({"step": 0, **m0})
+    yield Evaluated(0, m0["criterion"], True, m0)
+
+    reason, message = StopReason.COMPLETED, ""
+    t0, since_best, step = time.perf_counter(), 0, 0
+    nan = float("nan")
+    for step in range(1, cfg.steps + 1):
+        if cancel is not None and cancel():
+            reason, step = StopReason.CANCELLED, step - 1
+            message = f"cancelled after {step} steps; kept the state of step {best_step}"
+            break
+        xs = to_tensor(source.sample(), device)
+        xt = to_tensor(target.sample(), device)
+        with torch.no_grad():
+            fs = G.forward_taps(xs, layers)
+        ft = Gp.forward_taps(xt, layers)
+
+        # (1) discriminator: source taps are "real", target taps "fake"
+        opt_d.zero_grad(set_to_none=True)
+        loss_d = torch.zeros((), device=device)
+        accs = []
+        for k in layers:
+            ls, lt = D[str(k)](fs[k]), D[str(k)](ft[k].detach())
+            loss_d = loss_d + 0.5 * (_gan_loss(cfg.gan_loss, ls, True) + _gan_loss(cfg.gan_loss, lt, False))
+            accs.append(_accuracy(cfg.gan_loss, ls, lt))
+        loss_d.backward()
+        opt_d.step()
+        acc = float(sum(accs) / len(accs))
+
+        # (2) G': target taps labelled "source", plus consistency on source images
+        g_updated = acc >= cfg.d_gate
+        loss_g_val, loss_src_val = nan, nan
+        if g_updated:
+            opt_g.zero_grad(set_to_none=True)
+            loss_g = sum(_gan_loss(cfg.gan_loss, D[str(k)](ft[k]), True) for k in layers)
+            total = loss_g
+            if cfg.source_weight > 0:
+                fsp = Gp.forward_taps(xs, layers)
+                loss_src = sum(
+                    (fsp[k] - fs[k]).abs().mean() / (fs[k].std() + 1e-6) for k in layers
+                ) / len(layers)
+                total = total + cfg.source_weight * loss_src
+                loss_src_val = loss_src.item()
+            total.backward()
+            opt_g.step()
+            loss_g_val = loss_g.item()
+            if ema is not Gp:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
+        ld = loss_d.item()
+        elapsed = time.perf_counter() - t0
+        yield Step(step, cfg.steps, ld, loss_g_val, loss_src_val, acc, g_updated, elapsed,
+                   elapsed / step * (cfg.steps - step))
+
+        if not math.isfinite(ld) or (g_updated and not math.isfinite(loss_g_val)):
+            reason = StopReason.DIVERGED
+            message = f"losses became non-finite at step {step}; rolled back to step {best_step}"
+            break
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            m = evaluate(ema)
+            val = m["criterion"]
+            improved = math.isfinite(val) and (val < best_val or cfg.criterion == "last")
+            if improved:
+                best_val, best_step, best_state, since_best = val, step, snapshot(), 0
+            else:
+                since_best += 1
+            history.append({"step": step, **m})
+            yield Evaluated(step, val, improved, m)
+            if not math.isfinite(val) or (cfg.criterion != "last" and val > _BLOWUP * start_val and val > 0.05):
+                reason = StopReason.DIVERGED
+                message = (f"criterion {cfg.criterion} rose to {val:.3g} (start {start_val:.3g}) at "
+                           f"step {step}; rolled back to step {best_step}")
+                break
+            if cfg.patience is not None and since_best >= cfg.patience:
+                reason = StopReason.EARLY_STOP
+                message = f"no improvement for {since_best} evaluations; kept step {best_step}"
+                break
+
+    ema.load_state_dict(best_state)
+    result = ema.eval()
+    for bn in batchnorms_upto(result):  # undo the momentum-0 trick of bn_mode="train"
+        bn.momentum = 0.1
+    result.requires_grad_(False)
+    result.meta = {**getattr(model, "meta", {})}
+    prov = {
+        "method": method,
+        "layers": list(layers),
+        "trainable_layers": [first, last],
+        "best_step": best_step,
+        "steps_run": step,
+        "criterion": cfg.criterion,
+        "criterion_value": best_val,
+        "stop_reason": reason.value,
+        "config": cfg.to_dict(),
+    }
+    del G, Gp, D, opt_d, opt_g
+    yield Finished(
+        AdaptResult(result, method, layers, best_step, cfg.criterion, reason, history, step,
+                    message or f"{reason.value}; kept step {best_step}", prov)
+    )

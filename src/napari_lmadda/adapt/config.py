@@ -1,0 +1,141 @@
+"""Options of an adaptation run, validated in one place."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import ConfigError
+
+__all__ = ["AdaptConfig", "GAN_LOSSES", "BN_MODES", "CRITERIA"]
+
+GAN_LOSSES = ("lsgan", "vanilla")
+BN_MODES = ("eval", "train")
+CRITERIA = ("gap", "d_acc", "tap_w2", "last")
+
+
+@dataclass
+class AdaptConfig:
+    """Hyper-parameters of adversarial (and batch-norm) adaptation.
+
+    The defaults are the settings that were stable on the project's synthetic benchmark
+    (``benchmarks/quality.py``); see ``docs/benchmarks.md`` for what was tried.
+
+    Parameters
+    ----------
+    steps : int
+        Training steps (one discriminator + one G' update each).
+    batch_size, patch_size : int
+        Patches per domain per step, and their side (a multiple of ``2**num_downs``).
+    lr_g, lr_d : float
+        Adam learning rates of G' and of the discriminator.
+    beta1, beta2 : float
+        Adam betas (pix2pix: 0.5, 0.999).
+    gan_loss : {"lsgan", "vanilla"}
+        Least-squares or BCE-with-logits adversarial loss.
+    ndf : int
+        Discriminator width.
+    d_spectral_norm : bool
+        Spectral normalisation in the discriminator (keeps it from overpowering G').
+    d_gate : float
+        Update G' only while the discriminator's accuracy on the step is at least this
+        (0 = always); stops G' chasing a discriminator that is already fooled.
+    source_weight : float
+        Weight of the source-consistency term ``|G'_l(x) - G_l(x)|`` on source images: G' must
+        keep doing what G did on the source domain (no labels needed).
+    ema_decay : float
+        Exponential moving average of G''s weights (0 = off); the EMA weights are the ones
+        evaluated and kept.
+    init_adabn : bool
+        Start G' from batch-norm statistics re-estimated on the target (layers <= l only).
+    bn_mode : {"eval", "train"}
+        BatchNorm mode of both G (source taps) and G' (target taps) during training. ``eval``
+        uses running statistics; ``train`` uses batch statistics (running stats untouched).
+    eval_every : int
+        Steps between evaluations of the label-free criterion.
+    eval_patches : int
+        Patches per domain in the fixed evaluation set.
+    criterion : {"gap", "d_acc", "tap_w2", "last"}
+        How the kept state is chosen without labels: ``gap`` = per-channel Wasserstein
+        distance between G'(target) and G(source) activations over the layers from l to the
+        output, plus the source drift; ``d_acc`` = discriminator accuracy nearest 0.5;
+        ``tap_w2`` = distance at the matched layer only; ``last`` = the final state.
+    patience : int or None
+        Stop after this many evaluations without improvement (None = run all steps).
+    trainable : tuple of int or None
+        ``(first, last)`` layers of G' to train; ``None`` = ``(1, l)``. ``last`` may not exceed l.
+    seed : int
+        Seeds sampling, initialisation and dropout.
+    device : str
+        ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+    """
+
+    steps: int = 600
+    batch_size: int = 8
+    patch_size: int = 128
+    lr_g: float = 5e-5
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    gan_loss: str = "lsgan"
+    ndf: int = 32
+    d_spectral_norm: bool = True
+    d_gate: float = 0.0
+    source_weight: float = 1.0
+    ema_decay: float = 0.98
+    init_adabn: bool = True
+    bn_mode: str = "eval"
+    eval_every: int = 50
+    eval_patches: int = 32
+    criterion: str = "gap"
+    patience: int | None = None
+    trainable: tuple[int, int] | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
+
+        for name in ("steps", "batch_size", "patch_size", "ndf", "eval_every", "eval_patches"):
+            positive_int(name)
+        for name in ("lr_g", "lr_d"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0 or v > 1:
+                raise ConfigError(f"{name} must be a learning rate in (0, 1], got {v!r}")
+        for name, lo, hi in (("beta1", 0, 1), ("beta2", 0, 1), ("ema_decay", 0, 1), ("d_gate", 0, 1)):
+            v = getattr(self, name)
+            if not lo <= v < hi + (name == "d_gate"):
+                raise ConfigError(f"{name} must be in [{lo}, {hi}), got {v!r}")
+        if self.source_weight < 0 or not math.isfinite(self.source_weight):
+            raise ConfigError(f"source_weight must be >= 0, got {self.source_weight!r}")
+        if self.gan_loss not in GAN_LOSSES:
+            raise ConfigError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+        if self.bn_mode not in BN_MODES:
+            raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 or None, got {self.patience!r}")
+        if self.trainable is not None:
+            t = tuple(int(v) for v in self.trainable)
+            if len(t) != 2 or t[0] < 1 or t[1] < t[0]:
+                raise ConfigError(f"trainable must be (first, last) with 1 <= first <= last, got {self.trainable!r}")
+            self.trainable = t
+
+    def to_dict(self) -> dict:
+        """Plain dict for provenance and checkpoints."""
+        d = asdict(self)
+        d["trainable"] = list(self.trainable) if self.trainable else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdaptConfig:
+        """Inverse of :meth:`to_dict`, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("trainable") is not None:
+            kw["trainable"] = tuple(kw["trainable"])
+        return cls(**kw)

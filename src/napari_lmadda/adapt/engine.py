@@ -1,0 +1,138 @@
+"""The adaptation engine: one entry point for every method, typed events, cooperative cancel.
+
+Methods are modules with ``NAME`` and ``run(model, source, target, *, layers, config,
+cancel) -> Iterator[Event]``; :data:`METHODS` maps names to them. ``iter_adapt`` yields the
+events (the napari worker forwards them to the GUI); ``adapt`` runs to the end, calls an
+optional callback per event and returns the :class:`AdaptResult`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.unet import UNetGenerator
+from .config import AdaptConfig
+from .events import AdaptResult, Event, Finished
+from .sampling import make_sampler
+
+__all__ = ["METHODS", "iter_adapt", "adapt", "method_names", "parse_layers"]
+
+# method name -> module (imported on first use)
+METHODS: dict[str, str] = {
+    "none": "napari_lmadda.adapt.none",
+    "adabn": "napari_lmadda.adapt.adabn",
+    "adda": "napari_lmadda.adapt.adda",
+    "lmadda": "napari_lmadda.adapt.lmadda",
+    "lmadda-multi": "napari_lmadda.adapt.lmadda_multi",
+}
+
+
+def method_names() -> list[str]:
+    """Names accepted by ``method=``."""
+    return list(METHODS)
+
+
+def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
+    """Parse ``"2"``, ``"1-16"``, ``"2,5,13"`` or a list into layer numbers, checked against the model.
+
+    Raises
+    ------
+    ConfigError
+        For malformed specs or layers outside ``1..num_layers``.
+    """
+    if spec is None or spec == "":
+        return ()
+    if isinstance(spec, int):
+        items: list[int] = [spec]
+    elif isinstance(spec, str):
+        items = []
+        for part in spec.replace(" ", "").split(","):
+            try:
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1)
+                    items += list(range(int(a), int(b) + 1))
+                else:
+                    items.append(int(part))
+            except ValueError:
+                raise ConfigError(f"cannot read layers {spec!r}: use e.g. 2, 1-16 or 2,5,13") from None
+    else:
+        items = [int(v) for v in spec]
+    bad = [v for v in items if not 1 <= v <= num_layers]
+    if bad:
+        raise ConfigError(f"layer {bad[0]} is out of range: this model has layers 1..{num_layers}")
+    return tuple(sorted(set(items)))
+
+
+def iter_adapt(
+    model: UNetGenerator,
+    source: Any,
+    target: Any,
+    *,
+    method: str = "lmadda",
+    layers: str | int | Sequence[int] | None = None,
+    config: AdaptConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[Event]:
+    """Run an adaptation method and yield its typed events.
+
+    Parameters
+    ----------
+    model : UNetGenerator
+        The source model G (left unchanged).
+    source, target : sampler, dataset, array or folder
+        Unlabeled source-domain and new-microscope images: anything
+        :func:`~napari_lmadda.adapt.sampling.make_sampler` accepts.
+    method : str
+        One of :data:`METHODS`.
+    layers : int, str or sequence of int
+        Layer(s) to match (LM-ADDA); ignored by ``none`` and ``adda``.
+    config : AdaptConfig, optional
+        Hyper-parameters (defaults otherwise).
+    cancel : callable, optional
+        Polled every step; returning True stops the run, keeping the best state so far.
+
+    Yields
+    ------
+    Event
+        ``Started``, ``Step``, ``Evaluated``, ``Finished``.
+    """
+    cfg = config or AdaptConfig()
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    lays = parse_layers(layers, model.num_layers)
+    if method in ("lmadda", "lmadda-multi") and not lays:
+        raise ConfigError(f"method {method!r} needs a layer (1..{model.num_layers})")
+    if cfg.patch_size % model.min_size:
+        raise ConfigError(
+            f"patch size {cfg.patch_size} must be a multiple of {model.min_size} for this model"
+        )
+    mod = importlib.import_module(METHODS[method])
+    src = make_sampler(source, cfg.patch_size, cfg.batch_size, seed=cfg.seed, role="source")
+    tgt = make_sampler(target, cfg.patch_size, cfg.batch_size, seed=cfg.seed + 1000, role="target")
+    yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel)
+
+
+def adapt(
+    model: UNetGenerator,
+    source: Any,
+    target: Any,
+    *,
+    method: str = "lmadda",
+    layers: str | int | Sequence[int] | None = None,
+    config: AdaptConfig | None = None,
+    callback: Callable[[Event], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> AdaptResult:
+    """Run an adaptation method to the end and return its result (see :func:`iter_adapt`)."""
+    result = None
+    for event in iter_adapt(model, source, target, method=method, layers=layers, config=config,
+                            cancel=cancel):
+        if callback is not None:
+            callback(event)
+        if isinstance(event, Finished):
+            result = event.result
+    assert result is not None  # every method ends with Finished
+    return result

@@ -1,0 +1,81 @@
+"""The ``lmadda`` command: one entry point, one module per sub-command.
+
+Each sub-command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Errors of the project's own type are printed as one line (no
+traceback) and give exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import LmaddaError
+
+# sub-command modules, in the order `lmadda --help` lists them
+_COMMANDS = [
+    "demo",
+    "train_source",
+    "adapt",
+    "predict",
+    "sweep",
+    "evaluate",
+    "make_synthetic",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every available sub-command."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lmadda",
+        description="Adapt a microscopy image-translation UNet to a new microscope (LM-ADDA).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for modname in _COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{modname}")
+        except ModuleNotFoundError as exc:  # a sub-command not written yet
+            if exc.name == f"{__name__}.{modname}":
+                continue
+            raise
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lmadda`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        The process exit code (0 success, 1 cancelled/failed work, 2 bad input).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except LmaddaError as exc:
+        print(f"lmadda {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmadda {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
