@@ -1,0 +1,1 @@
+"""Data: image I/O, normalisation, lazy datasets with patch sampling, synthetic microscopy."""

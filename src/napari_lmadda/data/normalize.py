@@ -1,0 +1,231 @@
+"""Intensity normalisation to and from the network range ``[-1, 1]``.
+
+The project's default for network inputs is per-image percentile normalisation with
+:data:`DEFAULT_PERCENTILES`: the ``p_low`` percentile maps to -1 and the ``p_high`` percentile
+to +1, without clipping (values outside the percentiles go beyond [-1, 1]). Targets with a
+known range (e.g. a probability map in [0, 1]) use :func:`fixed_range_normalize`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "DEFAULT_PERCENTILES",
+    "NETWORK_RANGE",
+    "NormParams",
+    "NormalizationWarning",
+    "percentile_normalize",
+    "fixed_range_normalize",
+    "apply_normalization",
+    "denormalize",
+]
+
+#: Default (low, high) percentiles of per-image input normalisation.
+DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+#: The range the network works in: ``lo`` maps to the first value, ``hi`` to the second.
+NETWORK_RANGE: tuple[float, float] = (-1.0, 1.0)
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class NormalizationWarning(UserWarning):
+    """An image could not be normalised the usual way (e.g. it is constant)."""
+
+
+@dataclass(frozen=True)
+class NormParams:
+    """The affine map used to normalise one image: ``out = 2 * (x - lo) / (hi - lo) - 1``.
+
+    Attributes
+    ----------
+    lo, hi : float
+        Raw intensities mapped to -1 and +1 (``hi > lo`` always).
+    p_low, p_high : float or None
+        The percentiles ``lo`` and ``hi`` came from; None for a fixed range.
+    """
+
+    lo: float
+    hi: float
+    p_low: float | None = None
+    p_high: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormParams:
+        """Build from :meth:`to_dict`'s output.
+
+        Raises
+        ------
+        ConfigError
+            Missing keys or ``hi <= lo``.
+        """
+        try:
+            lo, hi = float(data["lo"]), float(data["hi"])
+            p_low = None if data.get("p_low") is None else float(data["p_low"])
+            p_high = None if data.get("p_high") is None else float(data["p_high"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid normalisation parameters {data!r}: {exc}") from exc
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise ConfigError(f"invalid normalisation parameters: need lo < hi, got {lo}, {hi}")
+        return cls(lo=lo, hi=hi, p_low=p_low, p_high=p_high)
+
+
+def _check_percentiles(p_low: float, p_high: float) -> None:
+    if not (0.0 <= p_low < p_high <= 100.0):
+        raise ConfigError(
+            f"percentiles must satisfy 0 <= p_low < p_high <= 100, got {p_low}, {p_high}"
+        )
+
+
+def apply_normalization(img: np.ndarray, params: NormParams) -> np.ndarray:
+    """Map raw intensities to the network range with given parameters.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Any shape, any real dtype.
+    params : NormParams
+        The map to apply.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32``, same shape; NaN stays NaN, values beyond the float32 range saturate.
+    """
+    x = np.asarray(img, dtype=np.float64)
+    out = 2.0 * (x - params.lo) / (params.hi - params.lo) - 1.0
+    with np.errstate(invalid="ignore"):
+        out = np.clip(out, -_F32_MAX, _F32_MAX)  # only guards float32 overflow to inf
+    return out.astype(np.float32)
+
+
+def percentile_normalize(
+    img: np.ndarray,
+    p_low: float = DEFAULT_PERCENTILES[0],
+    p_high: float = DEFAULT_PERCENTILES[1],
+    *,
+    eps: float = 1e-6,
+) -> tuple[np.ndarray, NormParams]:
+    """Normalise an image by its percentiles: ``p_low`` -> -1, ``p_high`` -> +1, no clipping.
+
+    Percentiles are computed over the finite pixels only (NaN/Inf ignored; NaN stays NaN in
+    the output).
+
+    Degenerate images: when the two percentiles are closer than ``eps`` (relative to their
+    magnitude, or absolutely below magnitude 1) -- e.g. a dark image with a few bright
+    spots -- ``hi`` falls back to the maximum finite pixel (or, for a bright image with a few
+    dark pixels, ``lo`` to the minimum). If no pixel differs the image is constant: ``hi``
+    is set to ``lo + 1``, the output is all -1 and a :class:`NormalizationWarning` is
+    emitted. Nothing is ever divided by zero.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Any shape, any real dtype.
+    p_low, p_high : float
+        Percentiles in [0, 100], ``p_low < p_high``.
+    eps : float
+        Smallest usable ``hi - lo`` (relative to ``max(1, |lo|, |hi|)``).
+
+    Returns
+    -------
+    out : numpy.ndarray
+        ``float32``, same shape as ``img``.
+    params : NormParams
+        The map used; :func:`denormalize` inverts it.
+
+    Raises
+    ------
+    ConfigError
+        Invalid percentiles.
+    """
+    _check_percentiles(p_low, p_high)
+    x = np.asarray(img)
+    if x.dtype.kind not in "biuf":
+        raise ConfigError(f"cannot normalise an array of dtype {x.dtype}")
+    x = x.astype(np.float64, copy=False)
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        lo = hi = 0.0
+    else:
+        lo, hi = (float(v) for v in np.percentile(finite, [p_low, p_high]))
+    tol = eps * max(1.0, abs(lo), abs(hi))
+    if hi - lo < tol and finite.size:
+        if float(finite.max()) - lo >= tol:  # dark image with a few bright pixels
+            hi = float(finite.max())
+        elif hi - float(finite.min()) >= tol:  # bright image with a few dark pixels
+            lo = float(finite.min())
+    if hi - lo < tol:
+        warnings.warn(
+            f"image is constant (value {lo:g}); normalised to all {NETWORK_RANGE[0]:g}",
+            NormalizationWarning,
+            stacklevel=2,
+        )
+        hi = lo + 1.0
+    params = NormParams(lo=lo, hi=hi, p_low=float(p_low), p_high=float(p_high))
+    return apply_normalization(x, params), params
+
+
+def fixed_range_normalize(
+    img: np.ndarray, lo: float = 0.0, hi: float = 1.0
+) -> tuple[np.ndarray, NormParams]:
+    """Map a known intensity range ``[lo, hi]`` to ``[-1, 1]`` (no clipping).
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Any shape, any real dtype.
+    lo, hi : float
+        Raw values mapped to -1 and +1.
+
+    Returns
+    -------
+    out : numpy.ndarray
+        ``float32``, same shape.
+    params : NormParams
+        With ``p_low = p_high = None``.
+
+    Raises
+    ------
+    ConfigError
+        ``hi <= lo`` or a non-finite bound.
+    """
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ConfigError(f"fixed normalisation range needs lo < hi, got ({lo}, {hi})")
+    params = NormParams(lo=lo, hi=hi)
+    return apply_normalization(img, params), params
+
+
+def denormalize(
+    out: np.ndarray, params: NormParams, *, dtype: np.dtype | type | str = np.float32
+) -> np.ndarray:
+    """Invert a normalisation: ``x = lo + (out + 1) / 2 * (hi - lo)``.
+
+    Parameters
+    ----------
+    out : numpy.ndarray
+        Values in network range.
+    params : NormParams
+        The parameters the forward map returned.
+    dtype : dtype
+        Output dtype (``float32`` by default; no rounding or clipping is done).
+
+    Returns
+    -------
+    numpy.ndarray
+        Raw intensities.
+    """
+    y = np.asarray(out, dtype=np.float64)
+    x = params.lo + (y + 1.0) * 0.5 * (params.hi - params.lo)
+    return x.astype(dtype)

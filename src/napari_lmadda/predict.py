@@ -1,0 +1,246 @@
+"""Virtual staining of whole images: tiled, padded, seamlessly blended, bounded memory.
+
+An image is normalised as the model was trained (per-image percentiles), reflect-padded to a
+multiple of ``2**num_downs``, cut into overlapping tiles, and the tiles' predictions are
+blended with a smooth window (weights fall to a small floor at tile borders), so there are no
+seams. Only one batch of tiles is in memory on the device at a time; the output and weight
+accumulators are the only full-size arrays. The model runs in eval mode (BatchNorm running
+statistics, no dropout).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, LmaddaError
+
+__all__ = [
+    "predict_image",
+    "predict_folder",
+    "output_to_stain",
+    "FolderReport",
+    "tile_starts",
+    "blend_window",
+]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``length`` px with at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    return sorted(set(starts))
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """2-D blending weights: 1 in the middle, a raised-cosine ramp over ``overlap`` px at edges."""
+    w = np.ones(tile, np.float64)
+    if overlap > 0:
+        r = np.arange(overlap, dtype=np.float64)
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (r + 0.5) / overlap)
+        w[:overlap] = np.maximum(ramp, 1e-3)
+        w[-overlap:] = np.maximum(ramp[::-1], 1e-3)
+    return np.outer(w, w).astype(np.float32)
+
+
+def output_to_stain(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Map the network's tanh output [-1, 1] to stain units (``meta['target_range']``)."""
+    lo, hi = meta.get("target_range", (0.0, 1.0))
+    return (lo + (np.asarray(y, np.float32) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
+
+
+def predict_image(
+    model,
+    image: np.ndarray,
+    *,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    device: str | None = None,
+    normalize: bool = True,
+    to_stain: bool = True,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Predict the virtual stain(s) of one 2-D image.
+
+    Parameters
+    ----------
+    model : UNetGenerator
+        The (adapted) model; ``model.meta`` gives normalisation and output range.
+    image : ndarray
+        ``(H, W)`` grey image, raw intensities (or already normalised with ``normalize=False``).
+    tile, overlap : int
+        Tile side (rounded to a multiple of ``2**num_downs``) and overlap in pixels.
+    batch_size : int
+        Tiles per forward pass.
+    device : str, optional
+        Device; defaults to where the model is.
+    normalize : bool
+        Apply the model's percentile normalisation first.
+    to_stain : bool
+        Map the output to stain units; otherwise keep the network range [-1, 1].
+    cancel : callable, optional
+        Polled between batches; raises :class:`LmaddaError` when it returns True.
+
+    Returns
+    -------
+    ndarray
+        ``(C, H, W)`` float32, same height and width as ``image``.
+    """
+    import torch
+
+    from .data.normalize import percentile_normalize
+
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ConfigError(f"predict_image takes a 2-D (H, W) image, got shape {img.shape}")
+    meta = getattr(model, "meta", {}) or {}
+    if normalize:
+        p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
+        x, _ = percentile_normalize(img, p_low, p_high)
+    else:
+        x = img.astype(np.float32)
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    m = model.min_size
+    if tile < 1 or overlap < 0 or batch_size < 1:
+        raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
+    tile = max(m, (int(tile) // m) * m)
+    h, w = x.shape
+    # pad to a multiple of the model's stride and to at least one tile where the image is smaller
+    ph = max(-(-h // m) * m, min(tile, -(-h // m) * m))
+    pw = max(-(-w // m) * m, min(tile, -(-w // m) * m))
+    th, tw = min(tile, ph), min(tile, pw)
+    overlap = int(min(overlap, th // 2, tw // 2))
+    if (ph, pw) != (h, w):
+        mode = "reflect" if h > 1 and w > 1 and ph - h < h and pw - w < w else "symmetric"
+        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=mode)
+    dev = torch.device(device) if device else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cout = model.config.out_channels
+    acc = np.zeros((cout, ph, pw), np.float32)
+    wsum = np.zeros((ph, pw), np.float32)
+    win = blend_window(th, overlap) if th == tw else np.outer(
+        blend_window(th, overlap)[th // 2], blend_window(tw, overlap)[tw // 2])
+    coords = [(r, c) for r in tile_starts(ph, th, overlap) for c in tile_starts(pw, tw, overlap)]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(coords), batch_size):
+                if cancel is not None and cancel():
+                    raise LmaddaError("prediction cancelled")
+                chunk = coords[i : i + batch_size]
+                batch = np.stack([x[r : r + th, c : c + tw] for r, c in chunk])[:, None]
+                out = model(torch.from_numpy(batch).to(dev)).float().cpu().numpy()
+                for (r, c), o in zip(chunk, out):
+                    acc[:, r : r + th, c : c + tw] += o * win
+                    wsum[r : r + th, c : c + tw] += win
+    finally:
+        model.train(was_training)
+    y = acc[:, :h, :w] / wsum[None, :h, :w]
+    return output_to_stain(y, meta) if to_stain else y
+
+
+@dataclass
+class FolderReport:
+    """What :func:`predict_folder` did: files written, skipped (with why), and time."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One paragraph for the terminal."""
+        s = f"wrote {len(self.written)} file(s) in {self.seconds:.1f} s"
+        if self.skipped:
+            s += f"; skipped {len(self.skipped)}:" + "".join(
+                f"\n  {p.name}: {why}" for p, why in self.skipped)
+        return s
+
+
+def iter_predict_folder(
+    model,
+    images: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    stop_on_error: bool = False,
+    metadata: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Iterator[tuple[int, int, Path]]:
+    """Generator form of :func:`predict_folder`: yields ``(done, total, path)`` per input file.
+
+    The last value sent back through ``StopIteration.value`` is the :class:`FolderReport`.
+    """
+    from .data.io import list_images, read_planes, write_tiff
+
+    t0 = time.perf_counter()
+    files = list_images(images)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LmaddaError(f"cannot create output folder '{out}': {exc.strerror or exc}") from None
+    meta = getattr(model, "meta", {}) or {}
+    names = meta.get("channel_names") or [f"channel{i}" for i in range(model.config.out_channels)]
+    report = FolderReport()
+    for i, path in enumerate(files, 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                planes = read_planes(path)
+            preds = np.stack([predict_image(model, p, **kwargs) for p in planes])  # (Z, C, H, W)
+            arr = preds[0] if len(planes) == 1 else preds
+            md = {
+                "source_image": path.name,
+                "channels": list(names),
+                "axes": "CYX" if arr.ndim == 3 else "ZCYX",
+                "model": meta.get("provenance", {}),
+                **(metadata or {}),
+            }
+            target = out / f"{path.stem}_pred.tif"
+            report.written.append(write_tiff(target, arr, metadata=md, overwrite=overwrite))
+        except LmaddaError as exc:
+            if stop_on_error:
+                raise
+            report.skipped.append((path, str(exc)))
+        yield i, len(files), path
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def predict_folder(model, images, out_dir, **kwargs: Any) -> FolderReport:
+    """Predict every image of a folder into float32 TIFFs ``<stem>_pred.tif``.
+
+    Parameters
+    ----------
+    model : UNetGenerator
+        The model.
+    images : path-like
+        Folder (or one image file).
+    out_dir : path-like
+        Output folder (created). Existing outputs are kept unless ``overwrite=True``.
+    **kwargs
+        ``overwrite``, ``stop_on_error``, ``metadata`` and the options of
+        :func:`predict_image`.
+
+    Returns
+    -------
+    FolderReport
+        Written files and the files skipped with the reason (bad files do not stop the batch
+        unless ``stop_on_error``).
+    """
+    gen = iter_predict_folder(model, images, out_dir, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
