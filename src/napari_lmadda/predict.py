@@ -124,7 +124,7 @@ def predict_image(
         mode = "reflect" if h > 1 and w > 1 and ph - h < h and pw - w < w else "symmetric"
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=mode)
     dev = torch.device(device) if device else next(model.parameters()).device
-    was_training = model.training
+    modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     cout = model.config.out_channels
     acc = np.zeros((cout, ph, pw), np.float32)
@@ -144,7 +144,8 @@ def predict_image(
                     acc[:, r : r + th, c : c + tw] += o * win
                     wsum[r : r + th, c : c + tw] += win
     finally:
-        model.train(was_training)
+        for mod, mode in modes:  # restore exactly (e.g. BatchNorm alone in train mode)
+            mod.training = mode
     y = acc[:, :h, :w] / wsum[None, :h, :w]
     return output_to_stain(y, meta) if to_stain else y
 

@@ -26,7 +26,8 @@ def run(
     layers: tuple[int, ...] = (),
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
+    monitor=None,
 ) -> Iterator[Event]:
     """Match at the output layer; ``layers`` is ignored."""
     return run_adversarial(model, source, target, layers=(model.num_layers,), config=config,
-                           method=NAME, cancel=cancel)
+                           method=NAME, cancel=cancel, monitor=monitor)

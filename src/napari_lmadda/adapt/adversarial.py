@@ -94,6 +94,7 @@ def run_adversarial(
     config: AdaptConfig,
     method: str,
     cancel: Callable[[], bool] | None = None,
+    monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
 ) -> Iterator[Event]:
     """Adapt ``model`` by adversarial matching at ``layers``; yields typed events.
 
@@ -112,6 +113,11 @@ def run_adversarial(
         Name recorded in events and provenance.
     cancel : callable, optional
         Returns True to stop at the next step; the best state so far is kept.
+    monitor : callable, optional
+        ``monitor(step, model) -> dict`` called at every evaluation with the evaluated (EMA)
+        model; its values are logged as ``monitor_<name>`` in the history and events but
+        never used to choose the kept state (benchmarks use it to log Pearson against
+        ground truth, to validate the label-free criterion).
 
     Yields
     ------
@@ -188,6 +194,8 @@ def run_adversarial(
             "d_acc": float(sum(accs) / len(accs)),
         }
         m["criterion"] = abs(m["d_acc"] - 0.5) if cfg.criterion == "d_acc" else m.get(cfg.criterion, 0.0)
+        if monitor is not None:
+            m.update({f"monitor_{k}": float(v) for k, v in monitor(step, net).items()})
         return m
 
     def snapshot() -> dict[str, torch.Tensor]:
@@ -197,6 +205,7 @@ def run_adversarial(
     yield Started(method, layers, cfg.steps, n_params, str(device), cfg.bn_mode, cfg.criterion)
 
     history: list[dict[str, Any]] = []
+    step = 0
     m0 = evaluate(ema)
     best_val, best_step, best_state = m0["criterion"], 0, snapshot()
     start_val = max(m0["criterion"], 1e-8)
@@ -204,7 +213,7 @@ def run_adversarial(
     yield Evaluated(0, m0["criterion"], True, m0)
 
     reason, message = StopReason.COMPLETED, ""
-    t0, since_best, step = time.perf_counter(), 0, 0
+    t0, since_best = time.perf_counter(), 0
     nan = float("nan")
     for step in range(1, cfg.steps + 1):
         if cancel is not None and cancel():

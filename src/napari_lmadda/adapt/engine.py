@@ -75,6 +75,7 @@ def iter_adapt(
     layers: str | int | Sequence[int] | None = None,
     config: AdaptConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
 ) -> Iterator[Event]:
     """Run an adaptation method and yield its typed events.
 
@@ -93,6 +94,9 @@ def iter_adapt(
         Hyper-parameters (defaults otherwise).
     cancel : callable, optional
         Polled every step; returning True stops the run, keeping the best state so far.
+    monitor : callable, optional
+        ``monitor(step, model) -> dict`` logged at each evaluation of adversarial methods;
+        never used for selection (benchmarks log ground-truth Pearson with it).
 
     Yields
     ------
@@ -112,7 +116,8 @@ def iter_adapt(
     mod = importlib.import_module(METHODS[method])
     src = make_sampler(source, cfg.patch_size, cfg.batch_size, seed=cfg.seed, role="source")
     tgt = make_sampler(target, cfg.patch_size, cfg.batch_size, seed=cfg.seed + 1000, role="target")
-    yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel)
+    kwargs = {"monitor": monitor} if monitor is not None else {}
+    yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel, **kwargs)
 
 
 def adapt(
@@ -125,11 +130,12 @@ def adapt(
     config: AdaptConfig | None = None,
     callback: Callable[[Event], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
 ) -> AdaptResult:
     """Run an adaptation method to the end and return its result (see :func:`iter_adapt`)."""
     result = None
     for event in iter_adapt(model, source, target, method=method, layers=layers, config=config,
-                            cancel=cancel):
+                            cancel=cancel, monitor=monitor):
         if callback is not None:
             callback(event)
         if isinstance(event, Finished):

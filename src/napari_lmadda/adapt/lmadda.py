@@ -27,9 +27,10 @@ def run(
     layers: tuple[int, ...],
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
+    monitor=None,
 ) -> Iterator[Event]:
     """Match at exactly one layer (``layers == (l,)``)."""
     if len(layers) != 1:
         raise ConfigError(f"lmadda matches one layer; got {list(layers)} (use lmadda-multi)")
     return run_adversarial(model, source, target, layers=tuple(layers), config=config,
-                           method=NAME, cancel=cancel)
+                           method=NAME, cancel=cancel, monitor=monitor)

@@ -26,9 +26,10 @@ def run(
     layers: tuple[int, ...],
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
+    monitor=None,
 ) -> Iterator[Event]:
     """Match at every layer in ``layers`` (two or more)."""
     if len(set(layers)) < 2:
         raise ConfigError(f"lmadda-multi needs two or more layers, got {list(layers)}")
     return run_adversarial(model, source, target, layers=tuple(layers), config=config,
-                           method=NAME, cancel=cancel)
+                           method=NAME, cancel=cancel, monitor=monitor)

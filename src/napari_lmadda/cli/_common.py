@@ -1,0 +1,175 @@
+"""Helpers shared by the ``lmadda`` sub-commands (not a sub-command itself).
+
+Option groups used by several commands (adaptation hyper-parameters), cooperative Ctrl-C,
+and the formatting of durations and progress lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ImageReadError, OutputExistsError
+
+__all__ = [
+    "add_adapt_options",
+    "adapt_config_from_args",
+    "cancel_on_sigint",
+    "check_folder",
+    "check_new_file",
+    "fmt_duration",
+    "fmt_float",
+    "load_model_one_line",
+    "make_parent",
+]
+
+
+def fmt_duration(seconds: float) -> str:
+    """``75.2`` -> ``"1m15s"``; ``3720`` -> ``"1h02m"``; ``nan``/negative -> ``"?"``."""
+    if not seconds == seconds or seconds < 0 or seconds == float("inf"):  # nan / inf
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def fmt_float(value: float | None, digits: int = 4) -> str:
+    """Format a float with ``digits`` significant digits; ``-`` for None/nan."""
+    if value is None or value != value:
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def check_folder(path: Path, option: str) -> Path:
+    """Raise a one-line :class:`ImageReadError` unless ``path`` is an existing folder or file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ImageReadError(f"{option} '{p}' does not exist")
+    return p
+
+
+def check_new_file(path: Path, option: str, overwrite: bool) -> Path:
+    """Check an output file may be written: refuse to replace it unless ``overwrite``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{option} '{p}' is a folder; give a file name such as model.pt")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{option} '{p}' already exists (use --overwrite to replace it)")
+    return p
+
+
+def make_parent(path: Path, option: str) -> Path:
+    """Create the folder of an output file before a long run, not when saving at its end."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the folder of {option} '{path}': {exc.strerror or exc}"
+        ) from None
+    return path
+
+
+def load_model_one_line(path: str | Path, device: str = "cpu") -> Any:
+    """:func:`~napari_lmadda.models.checkpoint.load_model`, with a one-line error message.
+
+    torch's unpickling errors span several lines; the CLI prints errors as one line.
+    """
+    from ..errors import CheckpointError
+    from ..models.checkpoint import load_model
+
+    try:
+        return load_model(path, device=device)
+    except CheckpointError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        if len(lines) <= 1 and len(str(exc)) <= 300:
+            raise
+        first = lines[0] if lines else str(exc)
+        raise CheckpointError((first[:297] + "...") if len(first) > 300 else first) from None
+
+
+def _int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    return v
+
+
+def add_adapt_options(parser: argparse.ArgumentParser) -> None:
+    """Add the adaptation hyper-parameters shared by ``adapt`` and ``sweep``.
+
+    Every option defaults to None, meaning "the :class:`AdaptConfig` default"; validation
+    happens in :class:`AdaptConfig` so the messages are the same as in the library.
+    """
+    from ..adapt.config import CRITERIA
+
+    g = parser.add_argument_group("adaptation options (defaults: AdaptConfig)")
+    g.add_argument("--steps", type=_int, default=None, help="training steps (600)")
+    g.add_argument("--lr-g", type=float, default=None, help="learning rate of G' (5e-5)")
+    g.add_argument("--lr-d", type=float, default=None, help="learning rate of D (1e-4)")
+    g.add_argument("--batch", type=_int, default=None, help="patches per domain and step (8)")
+    g.add_argument("--patch", type=_int, default=None,
+                   help="patch side, a multiple of 2**num_downs (128)")
+    g.add_argument("--eval-every", type=_int, default=None,
+                   help="steps between evaluations of the label-free criterion (50)")
+    g.add_argument("--criterion", choices=CRITERIA, default=None,
+                   help="label-free criterion that picks the kept state (gap)")
+    g.add_argument("--patience", type=_int, default=None,
+                   help="stop after this many evaluations without improvement (off)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
+
+
+def adapt_config_from_args(args: argparse.Namespace, **overrides: Any):
+    """Build an :class:`AdaptConfig` from the options of :func:`add_adapt_options`."""
+    from ..adapt.config import AdaptConfig
+
+    kw: dict[str, Any] = {}
+    for opt, field in (("steps", "steps"), ("lr_g", "lr_g"), ("lr_d", "lr_d"),
+                       ("batch", "batch_size"), ("patch", "patch_size"),
+                       ("eval_every", "eval_every"), ("criterion", "criterion"),
+                       ("patience", "patience")):
+        v = getattr(args, opt, None)
+        if v is not None:
+            kw[field] = v
+    kw["device"] = args.device
+    if getattr(args, "seed", None) is not None:
+        kw["seed"] = args.seed
+    kw.update(overrides)
+    return AdaptConfig(**kw)
+
+
+@contextmanager
+def cancel_on_sigint(what: str = "the run") -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a cooperative cancel; the second one aborts.
+
+    Yields
+    ------
+    callable
+        ``cancel()`` -> True once Ctrl-C was pressed; pass it as the engine's ``cancel``.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+        print(f"\nstopping {what} (keeping the best state so far); press Ctrl-C again to abort",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,129 @@
+"""``lmadda adapt``: adapt a source model to a new microscope without labels.
+
+Prints one line per evaluation of the label-free criterion (never per step) and a summary.
+The first Ctrl-C stops the run cooperatively: the best state so far is kept and saved.
+Exit code 0 when the run completed (or stopped early on patience), 1 when it was cancelled
+or diverged (the kept state is saved all the same), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+NAME = "adapt"
+HELP = (
+    "Adapt a source model to unlabeled images of a new microscope (LM-ADDA at a chosen "
+    "layer, or a baseline) and save the adapted model."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``adapt`` to its parser."""
+    from ..adapt.engine import method_names
+    from ._common import add_adapt_options
+
+    parser.add_argument("--model", required=True, metavar="SRC.pt",
+                        help="source model file (napari-lmadda .pt or pix2pix latest_net_G.pth)")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="folder of unlabeled source-microscope images")
+    parser.add_argument("--target", type=Path, required=True,
+                        help="folder of unlabeled new-microscope images")
+    parser.add_argument("--method", choices=method_names(), default="lmadda",
+                        help="adaptation method (lmadda)")
+    parser.add_argument("--layer", default=None, metavar="L",
+                        help="layer to match, 1..2*num_downs: '2', or '2,5' for lmadda-multi")
+    parser.add_argument("--out", type=Path, required=True, metavar="ADAPTED.pt",
+                        help="adapted model file to write")
+    parser.add_argument("--seed", type=int, default=None, help="seed (0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_adapt_options(parser)
+
+
+def open_images(folder: Path, model: Any, option: str):
+    """Open a folder as an :class:`ImageFolder` normalised like the model's inputs."""
+    from ..data.datasets import ImageFolder
+    from ._common import check_folder
+
+    meta = getattr(model, "meta", {}) or {}
+    pct = tuple(meta.get("input_percentiles") or (1.0, 99.8))
+    return ImageFolder(check_folder(folder, option), percentiles=(float(pct[0]), float(pct[1])))
+
+
+def progress_line(ev: Any, last_step: Any, best_step: int) -> str:
+    """Format the line printed at an evaluation (latest losses, criterion, best, ETA)."""
+    from ._common import fmt_duration, fmt_float
+
+    parts = [f"step {ev.step:>5}"]
+    if last_step is not None:
+        parts[0] += f"/{last_step.total_steps}"
+        parts += [f"D {fmt_float(last_step.loss_d)}", f"G {fmt_float(last_step.loss_g)}",
+                  f"D acc {fmt_float(last_step.d_acc, 3)}"]
+    parts.append(f"criterion {fmt_float(ev.criterion)}{' *' if ev.is_best else ''}")
+    parts.append(f"best step {best_step}")
+    if last_step is not None:
+        parts.append(f"ETA {fmt_duration(last_step.eta)}")
+    return "  ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Adapt, print progress, save the kept state."""
+    from ..adapt.engine import iter_adapt
+    from ..adapt.events import Evaluated, Finished, Started, Step, StopReason
+    from ..devices import release_memory
+    from ..models.checkpoint import save_model
+    from ._common import (
+        adapt_config_from_args,
+        cancel_on_sigint,
+        check_new_file,
+        fmt_float,
+        load_model_one_line,
+        make_parent,
+    )
+
+    out = check_new_file(args.out, "--out", args.overwrite)
+    cfg = adapt_config_from_args(args)
+    model = load_model_one_line(args.model, "cpu")
+    source = open_images(args.source, model, "--source")
+    target = open_images(args.target, model, "--target")
+    make_parent(out, "--out")
+
+    result = None
+    last_step, best_step = None, 0
+    with cancel_on_sigint("adaptation") as cancel:
+        for ev in iter_adapt(model, source, target, method=args.method, layers=args.layer,
+                             config=cfg, cancel=cancel):
+            if isinstance(ev, Started):
+                lays = ",".join(map(str, ev.layers)) or "-"
+                print(f"{ev.method} at layer(s) {lays}: {ev.trainable_params:,} trainable "
+                      f"parameters on {ev.device}, {ev.total_steps} steps, criterion "
+                      f"{ev.criterion}", flush=True)
+            elif isinstance(ev, Step):
+                last_step = ev
+            elif isinstance(ev, Evaluated):
+                if ev.is_best:
+                    best_step = ev.step
+                print(progress_line(ev, last_step, best_step), flush=True)
+            elif isinstance(ev, Finished):
+                result = ev.result
+    assert result is not None
+    prov = {
+        "method": result.method,
+        "layers": list(result.layers),
+        "best_step": result.best_step,
+        "stop_reason": result.reason.value,
+        **result.provenance,
+        "source_model": str(args.model),
+        "source_dir": str(args.source),
+        "target_dir": str(args.target),
+    }
+    save_model(result.model, out, provenance=prov)
+    value = result.provenance.get("criterion_value")
+    print(f"stop reason: {result.reason.value}; kept step {result.best_step} of "
+          f"{result.steps_done} (criterion {result.criterion} = {fmt_float(value)})")
+    if result.reason not in (StopReason.COMPLETED,) and result.message:
+        print(result.message)
+    print(f"wrote {out}")
+    release_memory(cfg.device if cfg.device != "auto" else None)
+    return 0 if result.reason in (StopReason.COMPLETED, StopReason.EARLY_STOP) else 1

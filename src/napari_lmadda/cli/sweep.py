@@ -1,0 +1,118 @@
+"""``lmadda sweep``: adapt at every listed layer and the baselines, for several seeds.
+
+Writes ``sweep.json``, ``sweep.csv`` and ``sweep.png`` (Pearson by layer matched, as in the
+paper) to ``--out`` and prints the table. The logic lives in :mod:`napari_lmadda.sweep`.
+Ctrl-C stops after the current run (its best state is still scored) and writes what ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "sweep"
+HELP = (
+    "Adapt at every listed layer (and the baselines none/adabn/adda) for several seeds; "
+    "tabulate the label-free criterion and, with --truth, Pearson per channel."
+)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,1,2, got {text!r}") from None
+
+
+def _short(path: Path) -> str:
+    """Shorten a path to its last two parts (``src/input``), enough to tell folders apart."""
+    return "/".join(Path(path).resolve().parts[-2:])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``sweep`` to its parser."""
+    from ._common import add_adapt_options
+
+    parser.add_argument("--model", required=True, metavar="SRC.pt", help="source model file")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="folder of unlabeled source-microscope images")
+    parser.add_argument("--target", type=Path, required=True,
+                        help="folder of unlabeled new-microscope images")
+    parser.add_argument("--truth", type=Path, action="append", default=None,
+                        help="ground truth of the target images: a folder with one sub-folder "
+                        "per output channel (named like the channel names, lower case), or "
+                        "the option once per channel")
+    parser.add_argument("--eval-images", type=Path, default=None,
+                        help="images to score with --truth (default: the --target images)")
+    parser.add_argument("--layers", default="1-16", help="layers for LM-ADDA (1-16)")
+    parser.add_argument("--methods", default="none,adabn,adda",
+                        help="baselines to run too, comma-separated ('' for none) "
+                        "(none,adabn,adda)")
+    parser.add_argument("--seeds", type=_ints, default=[0], help="seeds, e.g. 0,1,2 (0)")
+    parser.add_argument("--tile", type=int, default=256, help="tile side for scoring (256)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace sweep.json/csv/png in --out")
+    add_adapt_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep, print one line per run, then the table; write the files."""
+    from ..errors import OutputExistsError
+    from ..sweep import (
+        format_sweep_table,
+        iter_sweep,
+        load_eval_set,
+        summarize_runs,
+        write_sweep,
+    )
+    from ._common import (
+        adapt_config_from_args,
+        cancel_on_sigint,
+        fmt_duration,
+        fmt_float,
+        load_model_one_line,
+    )
+    from .adapt import open_images
+
+    out = Path(args.out)
+    if (out / "sweep.json").exists() and not args.overwrite:
+        raise OutputExistsError(f"'{out / 'sweep.json'}' already exists (use --overwrite)")
+    cfg = adapt_config_from_args(args)
+    model = load_model_one_line(args.model, "cpu")
+    source = open_images(args.source, model, "--source")
+    target = open_images(args.target, model, "--target")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = list(model.meta.get("channel_names") or
+                 [f"channel{i}" for i in range(model.config.out_channels)])
+    eval_set = None
+    if args.truth:
+        truth = args.truth[0] if len(args.truth) == 1 else args.truth
+        eval_set = load_eval_set(args.eval_images or args.target, truth, names)
+        print(f"scoring on {len(eval_set.images)} image(s) with ground truth for "
+              f"{', '.join(names)}", flush=True)
+
+    runs = []
+    with cancel_on_sigint("the sweep") as cancel:
+        for r in iter_sweep(model, source, target, layers=args.layers, methods=methods,
+                            seeds=args.seeds, config=cfg, eval_set=eval_set, tile=args.tile,
+                            cancel=cancel):
+            runs.append(r)
+            scores = "  ".join(f"{c} {v:.4f}" for c, v in r.pearson.items())
+            print(f"[{len(runs)}] {r.label:<11} seed {r.seed}  {r.criterion} "
+                  f"{fmt_float(r.criterion_value)} (step {r.best_step}, {r.stop_reason})"
+                  f"{'  Pearson ' + scores if scores else ''}  {fmt_duration(r.seconds)}",
+                  flush=True)
+    settings = {
+        "model": str(args.model), "source": str(args.source), "target": str(args.target),
+        "truth": [str(t) for t in args.truth] if args.truth else None,
+        "layers": args.layers, "methods": methods, "seeds": list(args.seeds),
+        "config": cfg.to_dict(), "complete": not cancel(),
+    }
+    paths = write_sweep(runs, out, settings=settings, overwrite=args.overwrite,
+                        title=f"{Path(str(args.model)).name}: {_short(args.source)} -> "
+                              f"{_short(args.target)}")
+    print()
+    print(format_sweep_table(summarize_runs(runs)))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 1 if cancel() else 0

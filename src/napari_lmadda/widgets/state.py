@@ -1,0 +1,186 @@
+"""The state the plugin's widgets share within one viewer, with psygnal signals.
+
+One :class:`LmaddaState` exists per viewer (:func:`get_state`). It holds the loaded model, the
+two image selections and the last adaptation result; widgets change it and subscribe to its
+signals, so the Model, Data and Adapt docks (and the reader and sample data) stay in step
+without knowing each other. Nothing here imports Qt or torch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from psygnal import Signal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..adapt.events import AdaptResult
+    from ..models.unet import UNetGenerator
+
+__all__ = ["DataSelection", "AdaptedModel", "LmaddaState", "get_state", "channel_names", "ROLES"]
+
+Role = Literal["source", "target"]
+#: The two image sets, and how the widgets name them.
+ROLES: dict[str, str] = {"source": "Source-domain images", "target": "New-microscope images"}
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """Where one image set comes from: a folder on disk or an image layer (by name).
+
+    Attributes
+    ----------
+    kind : {"folder", "layer"}
+        The kind of selection.
+    value : str
+        The folder path or the layer name.
+    """
+
+    kind: Literal["folder", "layer"]
+    value: str
+
+    def describe(self) -> str:
+        """Describe the selection in a few words (``folder 'cells'`` / ``layer 'phase'``)."""
+        if self.kind == "folder":
+            return f"folder '{Path(self.value).name or self.value}'"
+        return f"layer '{self.value}'"
+
+
+@dataclass
+class AdaptedModel:
+    """An adapted model with what made it (for layer names and exported metadata).
+
+    Attributes
+    ----------
+    result : AdaptResult
+        What the engine returned.
+    base_label : str
+        Label of the model that was adapted.
+    """
+
+    result: AdaptResult
+    base_label: str
+
+    @property
+    def model(self) -> UNetGenerator:
+        """The adapted generator."""
+        return self.result.model
+
+    @property
+    def tag(self) -> str:
+        """Short tag for layer names, e.g. ``lmadda L2``, ``adda`` or ``unadapted``."""
+        r = self.result
+        if r.method == "none":  # an unchanged copy: the same as the unadapted model
+            return "unadapted"
+        if r.method == "adda" or not r.layers:
+            return r.method
+        lays = r.layers
+        if len(lays) == 1:
+            return f"{r.method} L{lays[0]}"
+        contiguous = list(lays) == list(range(lays[0], lays[-1] + 1))
+        spec = f"{lays[0]}-{lays[-1]}" if contiguous else ",".join(map(str, lays))
+        return f"{r.method} L{spec}"
+
+
+class LmaddaState:
+    """Model, image selections and the last adapted model of one viewer.
+
+    Signals
+    -------
+    model_changed(object)
+        The loaded model changed (the model, or None).
+    data_changed(str)
+        A selection changed (``"source"`` or ``"target"``).
+    adapted_changed(object)
+        A new :class:`AdaptedModel` (or None).
+    busy_changed(bool)
+        An adaptation or prediction started (True) or ended (False).
+    """
+
+    model_changed = Signal(object)
+    data_changed = Signal(str)
+    adapted_changed = Signal(object)
+    busy_changed = Signal(bool)
+
+    def __init__(self) -> None:
+        self.model: UNetGenerator | None = None
+        self.model_label: str = ""
+        self.model_path: Path | None = None
+        self.selections: dict[str, DataSelection | None] = {"source": None, "target": None}
+        self.adapted: AdaptedModel | None = None
+        self.busy: bool = False
+
+    # ------------------------------------------------------------------ setters
+    def set_model(self, model: UNetGenerator | None, label: str = "",
+                  path: Path | None = None) -> None:
+        """Use ``model`` from now on; the previous adapted model is dropped."""
+        self.model, self.model_label, self.model_path = model, label, path
+        self.adapted = None
+        self.model_changed.emit(model)
+        self.adapted_changed.emit(None)
+
+    def set_selection(self, role: Role, selection: DataSelection | None) -> None:
+        """Choose the source (``"source"``) or new-microscope (``"target"``) images."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
+        if self.selections.get(role) != selection:
+            self.selections[role] = selection
+            self.data_changed.emit(role)
+
+    def set_adapted(self, adapted: AdaptedModel | None) -> None:
+        """Keep the last adaptation result."""
+        self.adapted = adapted
+        self.adapted_changed.emit(adapted)
+
+    def set_busy(self, busy: bool) -> None:
+        """Mark a long task as running (widgets disable conflicting buttons)."""
+        if busy != self.busy:
+            self.busy = busy
+            self.busy_changed.emit(busy)
+
+    # ------------------------------------------------------------------ helpers
+    def model_summary(self) -> str:
+        """One line about the loaded model (or that there is none)."""
+        m = self.model
+        if m is None:
+            return "no model loaded"
+        names = channel_names(m)
+        cfg = m.config
+        return (f"{self.model_label}: UNet, {cfg.num_downs} downs, ngf {cfg.ngf}, "
+                f"{m.num_layers} layers, out: {', '.join(names)}")
+
+
+def channel_names(model: Any) -> list[str]:
+    """Return the output channel names of a model (``channel 0``, ... when the file has none)."""
+    n = int(model.config.out_channels)
+    names = list((getattr(model, "meta", None) or {}).get("channel_names") or [])
+    return [str(names[i]) if i < len(names) else f"channel {i}" for i in range(n)]
+
+
+_STATES: dict[int, LmaddaState] = {}
+
+
+def get_state(viewer: Any) -> LmaddaState:
+    """Return the shared state of ``viewer`` (created on first use, dropped with the viewer).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose widgets share the state.
+
+    Returns
+    -------
+    LmaddaState
+    """
+    # napari hands plugin widgets a proxy of the viewer: key on the viewer itself
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
+    key = id(viewer)
+    state = _STATES.get(key)
+    if state is None:
+        state = _STATES[key] = LmaddaState()
+        # the state must not keep the viewer alive; forget it when the viewer goes
+        weakref.finalize(viewer, _STATES.pop, key, None)
+    return state

@@ -1,0 +1,22 @@
+"""Fixtures of the plugin tests: CPU only, and a tiny model file."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _force_cpu(monkeypatch):
+    monkeypatch.setenv("LMADDA_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A small untrained 2-marker UNet (5 down blocks, ngf 8) saved as a project model file."""
+    from napari_lmadda.models import UNetGenerator, save_model
+
+    model = UNetGenerator(num_downs=5, ngf=8, out_channels=2)
+    model.meta = {"channel_names": ["DAPI", "CD29"]}
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_model(model, path, provenance={"source": "test fixture"})
+    return path
