@@ -9,8 +9,17 @@ from torch import nn
 
 
 class NestedBlock(nn.Module):
-    def __init__(self, outer, inner, input_nc=None, sub=None, outermost=False, innermost=False,
-                 norm="batch", dropout=False):
+    def __init__(
+        self,
+        outer,
+        inner,
+        input_nc=None,
+        sub=None,
+        outermost=False,
+        innermost=False,
+        norm="batch",
+        dropout=False,
+    ):
         super().__init__()
         self.outermost = outermost
         bias = norm == "instance"
@@ -25,13 +34,31 @@ class NestedBlock(nn.Module):
 
         downconv = nn.Conv2d(input_nc, inner, 4, 2, 1, bias=bias)
         if outermost:
-            seq = [downconv, sub, nn.ReLU(True), nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1), nn.Tanh()]
+            seq = [
+                downconv,
+                sub,
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1),
+                nn.Tanh(),
+            ]
         elif innermost:
-            seq = [nn.LeakyReLU(0.2, True), downconv, nn.ReLU(True),
-                   nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=bias), nrm(outer)]
+            seq = [
+                nn.LeakyReLU(0.2, True),
+                downconv,
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=bias),
+                nrm(outer),
+            ]
         else:
-            seq = [nn.LeakyReLU(0.2, True), downconv, nrm(inner), sub, nn.ReLU(True),
-                   nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=bias), nrm(outer)]
+            seq = [
+                nn.LeakyReLU(0.2, True),
+                downconv,
+                nrm(inner),
+                sub,
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=bias),
+                nrm(outer),
+            ]
             if dropout:
                 seq.append(nn.Dropout(0.5))
         self.model = nn.Sequential(*seq)
@@ -51,7 +78,9 @@ class NestedUnet(nn.Module):
         b = NestedBlock(ngf * 4, ngf * 8, sub=b, norm=norm)
         b = NestedBlock(ngf * 2, ngf * 4, sub=b, norm=norm)
         b = NestedBlock(ngf, ngf * 2, sub=b, norm=norm)
-        self.model = NestedBlock(output_nc, ngf, input_nc=input_nc, sub=b, outermost=True, norm=norm)
+        self.model = NestedBlock(
+            output_nc, ngf, input_nc=input_nc, sub=b, outermost=True, norm=norm
+        )
 
     def forward(self, x):
         return self.model(x)

@@ -116,7 +116,7 @@ def test_losses_move(source_model, domains):
 @pytest.mark.parametrize("layer", [3, 6])
 def test_lmadda_trains_only_layers_up_to_l(source_model, domains, layer):
     res = adapt(source_model, *domains, method="lmadda", layers=layer,
-                config=cfg(lr_g=1e-3, ema_decay=0.0))
+                config=cfg(lr_g=1e-3, ema_decay=0.0, init_adabn=True))
     for i in range(1, source_model.num_layers + 1):
         if i > layer:  # weights and BN statistics after l are the source model's
             assert same(block_state(res.model, i), block_state(source_model, i)), i
@@ -197,7 +197,7 @@ def test_cancel_keeps_the_state_of_the_last_evaluated_step(source_model, domains
 
 
 def test_cancel_before_the_first_step_returns_the_adabn_start(source_model, domains):
-    config = cfg(steps=10)
+    config = cfg(steps=10, init_adabn=True)
     layer = 4
     res = adapt(source_model, *domains, method="lmadda", layers=layer, config=config,
                 cancel=lambda: True)

@@ -12,7 +12,6 @@ from napari_lmadda.models.pix2pix import (
     flat_to_pix2pix,
     pix2pix_to_flat,
 )
-
 from pix2pix_reference import NestedUnet
 
 
@@ -82,7 +81,12 @@ def test_pix2pix_state_dict_loads_and_reproduces_outputs(tmp_path, norm, num_dow
     assert f"{block_prefix(2)}1.weight" in sd and "model.model.3.bias" in sd
     cfg = detect_pix2pix_config(sd)
     assert (cfg.num_downs, cfg.ngf, cfg.in_channels, cfg.out_channels, cfg.norm) == (
-        num_downs, 8, 1, 2, norm)
+        num_downs,
+        8,
+        1,
+        2,
+        norm,
+    )
     path = tmp_path / "latest_net_G.pth"
     torch.save({"module." + k: v for k, v in sd.items()}, path)  # DataParallel prefix
     m = load_model(path)
@@ -186,7 +190,9 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
     assert not (tmp_path / "EVIL_RAN").exists()
 
 
-@pytest.mark.parametrize("size,expected", [(1, 0), (4, 0), (16, 0), (32, 1), (64, 2), (128, 3), (1024, 3)])
+@pytest.mark.parametrize(
+    "size,expected", [(1, 0), (4, 0), (16, 0), (32, 1), (64, 2), (128, 3), (1024, 3)]
+)
 def test_discriminator_depth_fits_tap(size, expected):
     assert n_strided(size) == expected
     d = LayerDiscriminator(16, size, ndf=8, spectral_norm=True)

@@ -55,7 +55,7 @@ def test_adapt_sample_data_to_stain_layers(docks, tiny_model_path, qtbot, tmp_pa
     viewer.open_sample(PLUGIN, "cells")
     assert w["Data"].pickers["target"].combo.currentText() == "new microscope (bright-field)"
     adapt = w["Adapt"]
-    assert adapt.lr_g_spin.text() == "5e-5"  # small learning rates stay readable
+    assert adapt.lr_g_spin.text() == "3e-5"  # small learning rates stay readable
     _tiny_settings(adapt)
     assert "L2 · down2" in adapt.layer_label.text()
     assert adapt.run()

@@ -129,8 +129,11 @@ def predict_image(
     cout = model.config.out_channels
     acc = np.zeros((cout, ph, pw), np.float32)
     wsum = np.zeros((ph, pw), np.float32)
-    win = blend_window(th, overlap) if th == tw else np.outer(
-        blend_window(th, overlap)[th // 2], blend_window(tw, overlap)[tw // 2])
+    win = (
+        blend_window(th, overlap)
+        if th == tw
+        else np.outer(blend_window(th, overlap)[th // 2], blend_window(tw, overlap)[tw // 2])
+    )
     coords = [(r, c) for r in tile_starts(ph, th, overlap) for c in tile_starts(pw, tw, overlap)]
     try:
         with torch.no_grad():
@@ -163,7 +166,8 @@ class FolderReport:
         s = f"wrote {len(self.written)} file(s) in {self.seconds:.1f} s"
         if self.skipped:
             s += f"; skipped {len(self.skipped)}:" + "".join(
-                f"\n  {p.name}: {why}" for p, why in self.skipped)
+                f"\n  {p.name}: {why}" for p, why in self.skipped
+            )
         return s
 
 

@@ -72,6 +72,8 @@ class SweepRun:
         Wall time of the run (adaptation and evaluation).
     pearson : dict of str to float
         Mean per-image Pearson correlation per output channel (empty without truth).
+    history : list of dict
+        The run's evaluations (step, criterion, label-free metrics, ``monitor_*`` values).
     """
 
     method: str
@@ -84,6 +86,7 @@ class SweepRun:
     stop_reason: str
     seconds: float
     pearson: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -193,6 +196,7 @@ def iter_sweep(
     overlap: int = 32,
     on_event: Callable[[int, int, Any], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    monitor: Callable[[int, Any], dict[str, float]] | None = None,
 ) -> Iterator[SweepRun]:
     """Run a sweep and yield one :class:`SweepRun` per adaptation run.
 
@@ -219,6 +223,10 @@ def iter_sweep(
         ``on_event(run_index, n_runs, event)`` for every engine event (progress).
     cancel : callable, optional
         Stops the current run (its best state is still scored and yielded) and the sweep.
+    monitor : callable, optional
+        Passed to :func:`~napari_lmadda.adapt.engine.iter_adapt` (logs, e.g., ground-truth
+        Pearson at every evaluation without using it for selection); the logged rows are in
+        ``SweepRun.history``.
 
     Yields
     ------
@@ -245,7 +253,7 @@ def iter_sweep(
         result = None
         for ev in iter_adapt(model, source, target, method=method,
                              layers=layer if method == "lmadda" else None, config=run_cfg,
-                             cancel=cancel):
+                             cancel=cancel, monitor=monitor):
             if on_event is not None:
                 on_event(i, len(runs), ev)
             if isinstance(ev, Finished):
@@ -257,7 +265,7 @@ def iter_sweep(
         stopped = result.reason is StopReason.CANCELLED or (cancel is not None and cancel())
         yield SweepRun(method, layer, int(seed), result.criterion, float(value),
                        result.best_step, result.steps_done, result.reason.value,
-                       time.perf_counter() - t0, scores)
+                       time.perf_counter() - t0, scores, list(result.history))
         del result
         if stopped:
             return

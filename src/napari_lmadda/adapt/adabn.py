@@ -27,7 +27,9 @@ NAME = "adabn"
 def batchnorms_upto(model: UNetGenerator, layer: int | None = None) -> list[nn.BatchNorm2d]:
     """BatchNorm modules of layers ``1 .. layer`` (all layers if None)."""
     last = model.num_layers if layer is None else int(layer)
-    return [m for b in model.blocks_upto(last) for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
+    return [
+        m for b in model.blocks_upto(last) for m in b.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
 
 
 def adapt_batchnorm(
@@ -79,8 +81,11 @@ def iter_adapt_batchnorm(
         acc[1] = acc[1] + (x * x).sum(dim=(0, 2, 3))
         acc[2] += x.numel() // x.shape[1]
 
-    last = max(i for i in range(1, model.num_layers + 1)
-               if any(m in bns for m in model.block(i).modules()))
+    last = max(
+        i
+        for i in range(1, model.num_layers + 1)
+        if any(m in bns for m in model.block(i).modules())
+    )
     saved = [bn.momentum for bn in bns]
     model.eval()
     handles = [bn.register_forward_pre_hook(hook) for bn in bns]
@@ -116,6 +121,7 @@ def run(
     layers: tuple[int, ...] = (),
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
+    monitor: Callable | None = None,
 ) -> Iterator[Event]:
     """AdaBN as an adaptation method: up to 50 target batches re-estimate the BNs.
 
@@ -132,7 +138,9 @@ def run(
     adapted = copy.deepcopy(model).to(device).eval()
     upto = max(layers) if layers else None
     n_batches = max(1, min(config.steps, 50))
-    yield Started(NAME, tuple(layers), n_batches, 0, str(device), "train (statistics only)", "none")
+    yield Started(
+        NAME, tuple(layers), n_batches, 0, str(device), "train (statistics only)", "none"
+    )
     t0 = time.perf_counter()
     batches = (to_tensor(target.sample(), device) for _ in range(n_batches))
     done = 0
@@ -141,12 +149,24 @@ def run(
         if cancel is not None and cancel():
             gen.close()
             adapted = copy.deepcopy(model).to(device).eval()
-            yield Finished(AdaptResult(adapted, NAME, tuple(layers), 0, "none",
-                                       StopReason.CANCELLED, steps_done=done,
-                                       message="cancelled: statistics left unchanged"))
+            yield Finished(
+                AdaptResult(
+                    adapted,
+                    NAME,
+                    tuple(layers),
+                    0,
+                    "none",
+                    StopReason.CANCELLED,
+                    steps_done=done,
+                    message="cancelled: statistics left unchanged",
+                )
+            )
             return
         el = time.perf_counter() - t0
         nan = float("nan")
         yield Step(done, n_batches, nan, nan, nan, nan, False, el, el / done * (n_batches - done))
-    yield Finished(AdaptResult(adapted, NAME, tuple(layers), done, "none", StopReason.COMPLETED,
-                               steps_done=done))
+    yield Finished(
+        AdaptResult(
+            adapted, NAME, tuple(layers), done, "none", StopReason.COMPLETED, steps_done=done
+        )
+    )

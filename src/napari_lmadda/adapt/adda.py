@@ -29,5 +29,13 @@ def run(
     monitor=None,
 ) -> Iterator[Event]:
     """Match at the output layer; ``layers`` is ignored."""
-    return run_adversarial(model, source, target, layers=(model.num_layers,), config=config,
-                           method=NAME, cancel=cancel, monitor=monitor)
+    return run_adversarial(
+        model,
+        source,
+        target,
+        layers=(model.num_layers,),
+        config=config,
+        method=NAME,
+        cancel=cancel,
+        monitor=monitor,
+    )

@@ -45,7 +45,9 @@ __all__ = ["run_adversarial", "trainable_layers"]
 _BLOWUP = 4.0  # criterion above this multiple of its starting value counts as divergence
 
 
-def trainable_layers(model: UNetGenerator, layers: tuple[int, ...], cfg: AdaptConfig) -> tuple[int, int]:
+def trainable_layers(
+    model: UNetGenerator, layers: tuple[int, ...], cfg: AdaptConfig
+) -> tuple[int, int]:
     """The ``(first, last)`` layers of G' that train for matching at ``layers``."""
     for layer in layers:
         model._check_layer(layer)
@@ -71,16 +73,22 @@ def _set_bn_mode(model: UNetGenerator, mode: str) -> None:
 def _gan_loss(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
     if kind == "lsgan":
         return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+    return F.binary_cross_entropy_with_logits(
+        logits, torch.full_like(logits, 1.0 if real else 0.0)
+    )
 
 
 def _accuracy(kind: str, src_logits: torch.Tensor, tgt_logits: torch.Tensor) -> float:
     thr = 0.5 if kind == "lsgan" else 0.0
-    return 0.5 * (float((src_logits > thr).float().mean()) + float((tgt_logits <= thr).float().mean()))
+    return 0.5 * (
+        float((src_logits > thr).float().mean()) + float((tgt_logits <= thr).float().mean())
+    )
 
 
 @torch.no_grad()
-def _taps(model: UNetGenerator, x: torch.Tensor, layers, chunk: int = 8) -> dict[int, torch.Tensor]:
+def _taps(
+    model: UNetGenerator, x: torch.Tensor, layers, chunk: int = 8
+) -> dict[int, torch.Tensor]:
     parts = [model.forward_taps(x[i : i + chunk], layers) for i in range(0, len(x), chunk)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -147,12 +155,16 @@ def run_adversarial(
     eval_src = to_tensor(fixed_batch(source, cfg.eval_patches, cfg.seed + 1), device)
     eval_tgt = to_tensor(fixed_batch(target, cfg.eval_patches, cfg.seed + 2), device)
     if cfg.init_adabn and batchnorms_upto(Gp, last):
-        chunks = [eval_tgt[i : i + cfg.batch_size] for i in range(0, len(eval_tgt), cfg.batch_size)]
+        chunks = [
+            eval_tgt[i : i + cfg.batch_size] for i in range(0, len(eval_tgt), cfg.batch_size)
+        ]
         adapt_batchnorm(Gp, chunks, upto=last)
     _set_bn_mode(G, cfg.bn_mode)
     _set_bn_mode(Gp, cfg.bn_mode)
     ema = copy.deepcopy(Gp).requires_grad_(False) if cfg.ema_decay > 0 else Gp
-    ema_params = [p for b in (ema.block(i) for i in range(first, last + 1)) for p in b.parameters()]
+    ema_params = [
+        p for b in (ema.block(i) for i in range(first, last + 1)) for p in b.parameters()
+    ]
 
     size = cfg.patch_size
     info = {i.index: i for i in Gp.describe_layers(size)}
@@ -193,7 +205,9 @@ def run_adversarial(
             "source_drift": drift,
             "d_acc": float(sum(accs) / len(accs)),
         }
-        m["criterion"] = abs(m["d_acc"] - 0.5) if cfg.criterion == "d_acc" else m.get(cfg.criterion, 0.0)
+        m["criterion"] = (
+            abs(m["d_acc"] - 0.5) if cfg.criterion == "d_acc" else m.get(cfg.criterion, 0.0)
+        )
         if monitor is not None:
             m.update({f"monitor_{k}": float(v) for k, v in monitor(step, net).items()})
         return m
@@ -208,6 +222,8 @@ def run_adversarial(
     step = 0
     m0 = evaluate(ema)
     best_val, best_step, best_state = m0["criterion"], 0, snapshot()
+    if cfg.criterion == "d_acc":  # an untrained D is at chance: step 0 says nothing
+        best_val = math.inf
     start_val = max(m0["criterion"], 1e-8)
     history.append({"step": 0, **m0})
     yield Evaluated(0, m0["criterion"], True, m0)
@@ -232,7 +248,9 @@ def run_adversarial(
         accs = []
         for k in layers:
             ls, lt = D[str(k)](fs[k]), D[str(k)](ft[k].detach())
-            loss_d = loss_d + 0.5 * (_gan_loss(cfg.gan_loss, ls, True) + _gan_loss(cfg.gan_loss, lt, False))
+            loss_d = loss_d + 0.5 * (
+                _gan_loss(cfg.gan_loss, ls, True) + _gan_loss(cfg.gan_loss, lt, False)
+            )
             accs.append(_accuracy(cfg.gan_loss, ls, lt))
         loss_d.backward()
         opt_d.step()
@@ -260,8 +278,17 @@ def run_adversarial(
                     torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
         ld = loss_d.item()
         elapsed = time.perf_counter() - t0
-        yield Step(step, cfg.steps, ld, loss_g_val, loss_src_val, acc, g_updated, elapsed,
-                   elapsed / step * (cfg.steps - step))
+        yield Step(
+            step,
+            cfg.steps,
+            ld,
+            loss_g_val,
+            loss_src_val,
+            acc,
+            g_updated,
+            elapsed,
+            elapsed / step * (cfg.steps - step),
+        )
 
         if not math.isfinite(ld) or (g_updated and not math.isfinite(loss_g_val)):
             reason = StopReason.DIVERGED
@@ -277,10 +304,15 @@ def run_adversarial(
                 since_best += 1
             history.append({"step": step, **m})
             yield Evaluated(step, val, improved, m)
-            if not math.isfinite(val) or (cfg.criterion != "last" and val > _BLOWUP * start_val and val > 0.05):
+            bounded = cfg.criterion in ("last", "d_acc")  # no blow-up rule for these
+            if not math.isfinite(val) or (
+                not bounded and val > _BLOWUP * start_val and val > 0.05
+            ):
                 reason = StopReason.DIVERGED
-                message = (f"criterion {cfg.criterion} rose to {val:.3g} (start {start_val:.3g}) at "
-                           f"step {step}; rolled back to step {best_step}")
+                message = (
+                    f"criterion {cfg.criterion} rose to {val:.3g} (start {start_val:.3g}) at "
+                    f"step {step}; rolled back to step {best_step}"
+                )
                 break
             if cfg.patience is not None and since_best >= cfg.patience:
                 reason = StopReason.EARLY_STOP
@@ -304,8 +336,17 @@ def run_adversarial(
         "stop_reason": reason.value,
         "config": cfg.to_dict(),
     }
-    del G, Gp, D, opt_d, opt_g
     yield Finished(
-        AdaptResult(result, method, layers, best_step, cfg.criterion, reason, history, step,
-                    message or f"{reason.value}; kept step {best_step}", prov)
+        AdaptResult(
+            result,
+            method,
+            layers,
+            best_step,
+            cfg.criterion,
+            reason,
+            history,
+            step,
+            message or f"{reason.value}; kept step {best_step}",
+            prov,
+        )
     )

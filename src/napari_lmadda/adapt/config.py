@@ -48,6 +48,9 @@ class AdaptConfig:
         evaluated and kept.
     init_adabn : bool
         Start G' from batch-norm statistics re-estimated on the target (layers <= l only).
+        Off by default: on the bright-field benchmark, re-estimating only the statistics of
+        layers <= 2 lowered CD29 Pearson (0.524 -> 0.491), and target statistics make the
+        source-consistency term compare G' and G under different normalisations.
     bn_mode : {"eval", "train"}
         BatchNorm mode of both G (source taps) and G' (target taps) during training. ``eval``
         uses running statistics; ``train`` uses batch statistics (running stats untouched).
@@ -70,10 +73,10 @@ class AdaptConfig:
         ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
     """
 
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 8
     patch_size: int = 128
-    lr_g: float = 5e-5
+    lr_g: float = 3e-5
     lr_d: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -82,10 +85,10 @@ class AdaptConfig:
     d_spectral_norm: bool = True
     d_gate: float = 0.0
     source_weight: float = 1.0
-    ema_decay: float = 0.98
-    init_adabn: bool = True
+    ema_decay: float = 0.995
+    init_adabn: bool = False
     bn_mode: str = "eval"
-    eval_every: int = 50
+    eval_every: int = 100
     eval_patches: int = 32
     criterion: str = "gap"
     patience: int | None = None
@@ -105,10 +108,12 @@ class AdaptConfig:
             v = getattr(self, name)
             if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0 or v > 1:
                 raise ConfigError(f"{name} must be a learning rate in (0, 1], got {v!r}")
-        for name, lo, hi in (("beta1", 0, 1), ("beta2", 0, 1), ("ema_decay", 0, 1), ("d_gate", 0, 1)):
+        for name in ("beta1", "beta2", "ema_decay"):
             v = getattr(self, name)
-            if not lo <= v < hi + (name == "d_gate"):
-                raise ConfigError(f"{name} must be in [{lo}, {hi}), got {v!r}")
+            if not 0 <= v < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
+        if not 0 <= self.d_gate <= 1:
+            raise ConfigError(f"d_gate must be in [0, 1], got {self.d_gate!r}")
         if self.source_weight < 0 or not math.isfinite(self.source_weight):
             raise ConfigError(f"source_weight must be >= 0, got {self.source_weight!r}")
         if self.gan_loss not in GAN_LOSSES:
@@ -122,7 +127,10 @@ class AdaptConfig:
         if self.trainable is not None:
             t = tuple(int(v) for v in self.trainable)
             if len(t) != 2 or t[0] < 1 or t[1] < t[0]:
-                raise ConfigError(f"trainable must be (first, last) with 1 <= first <= last, got {self.trainable!r}")
+                raise ConfigError(
+                    f"trainable must be (first, last) with 1 <= first <= last, "
+                    f"got {self.trainable!r}"
+                )
             self.trainable = t
 
     def to_dict(self) -> dict:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["channel_moments", "diag_w2", "diag_bhattacharyya", "sliced_w2"]
+__all__ = [
+    "channel_moments",
+    "diag_w2",
+    "diag_bhattacharyya",
+    "sliced_w2",
+    "layer_distances",
+    "DISTANCE_NAMES",
+]
 
 _EPS = 1e-6
 
@@ -55,7 +62,12 @@ def diag_bhattacharyya(source: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def sliced_w2(
-    source: torch.Tensor, target: torch.Tensor, *, n_proj: int = 64, max_samples: int = 4096, seed: int = 0
+    source: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    n_proj: int = 64,
+    max_samples: int = 4096,
+    seed: int = 0,
 ) -> float:
     """Sliced 2-Wasserstein distance (squared) over random unit projections of the channels.
 
@@ -75,3 +87,31 @@ def sliced_w2(
     pa, _ = torch.sort(a @ proj, dim=0)
     pb, _ = torch.sort(b @ proj, dim=0)
     return float(((pa - pb) ** 2).mean())
+
+
+#: the distances of :func:`layer_distances`, in the order tables show them
+DISTANCE_NAMES = ("w2", "bhattacharyya", "sliced_w2")
+
+
+def layer_distances(
+    source: torch.Tensor, target: torch.Tensor, *, seed: int = 0
+) -> dict[str, float]:
+    """Compute the three distances of this module between two ``(B, C, H, W)`` activations.
+
+    Parameters
+    ----------
+    source, target : torch.Tensor
+        Activations of the same layer for the two domains (sizes may differ in ``B``).
+    seed : int
+        Seed of the random projections of :func:`sliced_w2`.
+
+    Returns
+    -------
+    dict of str to float
+        ``{"w2": ..., "bhattacharyya": ..., "sliced_w2": ...}`` (see :data:`DISTANCE_NAMES`).
+    """
+    return {
+        "w2": diag_w2(source, target),
+        "bhattacharyya": diag_bhattacharyya(source, target),
+        "sliced_w2": sliced_w2(source, target, seed=seed),
+    }

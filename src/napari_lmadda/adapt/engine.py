@@ -36,7 +36,7 @@ def method_names() -> list[str]:
 
 
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
-    """Parse ``"2"``, ``"1-16"``, ``"2,5,13"`` or a list into layer numbers, checked against the model.
+    """Parse ``"2"``, ``"1-16"``, ``"2,5,13"`` or a list into checked layer numbers.
 
     Raises
     ------
@@ -57,7 +57,9 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> tup
                 else:
                     items.append(int(part))
             except ValueError:
-                raise ConfigError(f"cannot read layers {spec!r}: use e.g. 2, 1-16 or 2,5,13") from None
+                raise ConfigError(
+                    f"cannot read layers {spec!r}: use e.g. 2, 1-16 or 2,5,13"
+                ) from None
     else:
         items = [int(v) for v in spec]
     bad = [v for v in items if not 1 <= v <= num_layers]
@@ -116,8 +118,7 @@ def iter_adapt(
     mod = importlib.import_module(METHODS[method])
     src = make_sampler(source, cfg.patch_size, cfg.batch_size, seed=cfg.seed, role="source")
     tgt = make_sampler(target, cfg.patch_size, cfg.batch_size, seed=cfg.seed + 1000, role="target")
-    kwargs = {"monitor": monitor} if monitor is not None else {}
-    yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel, **kwargs)
+    yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel, monitor=monitor)
 
 
 def adapt(
@@ -134,8 +135,16 @@ def adapt(
 ) -> AdaptResult:
     """Run an adaptation method to the end and return its result (see :func:`iter_adapt`)."""
     result = None
-    for event in iter_adapt(model, source, target, method=method, layers=layers, config=config,
-                            cancel=cancel, monitor=monitor):
+    for event in iter_adapt(
+        model,
+        source,
+        target,
+        method=method,
+        layers=layers,
+        config=config,
+        cancel=cancel,
+        monitor=monitor,
+    ):
         if callback is not None:
             callback(event)
         if isinstance(event, Finished):

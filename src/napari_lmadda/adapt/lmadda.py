@@ -32,5 +32,13 @@ def run(
     """Match at exactly one layer (``layers == (l,)``)."""
     if len(layers) != 1:
         raise ConfigError(f"lmadda matches one layer; got {list(layers)} (use lmadda-multi)")
-    return run_adversarial(model, source, target, layers=tuple(layers), config=config,
-                           method=NAME, cancel=cancel, monitor=monitor)
+    return run_adversarial(
+        model,
+        source,
+        target,
+        layers=tuple(layers),
+        config=config,
+        method=NAME,
+        cancel=cancel,
+        monitor=monitor,
+    )

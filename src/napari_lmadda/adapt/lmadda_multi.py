@@ -31,5 +31,13 @@ def run(
     """Match at every layer in ``layers`` (two or more)."""
     if len(set(layers)) < 2:
         raise ConfigError(f"lmadda-multi needs two or more layers, got {list(layers)}")
-    return run_adversarial(model, source, target, layers=tuple(layers), config=config,
-                           method=NAME, cancel=cancel, monitor=monitor)
+    return run_adversarial(
+        model,
+        source,
+        target,
+        layers=tuple(layers),
+        config=config,
+        method=NAME,
+        cancel=cancel,
+        monitor=monitor,
+    )

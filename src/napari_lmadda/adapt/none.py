@@ -22,6 +22,7 @@ def run(
     layers: tuple[int, ...] = (),
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
+    monitor: Callable | None = None,
 ) -> Iterator[Event]:
     """Yield a copy of the source model, unchanged."""
     yield Started(NAME, (), 0, 0, "cpu", "eval", "none")

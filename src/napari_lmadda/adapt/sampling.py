@@ -12,7 +12,9 @@ from ..errors import ConfigError
 __all__ = ["make_sampler", "fixed_batch", "to_tensor"]
 
 
-def make_sampler(obj: Any, patch_size: int, batch_size: int, *, seed: int = 0, role: str = "images"):
+def make_sampler(
+    obj: Any, patch_size: int, batch_size: int, *, seed: int = 0, role: str = "images"
+):
     """A :class:`~napari_lmadda.data.datasets.PatchSampler` (or ``obj`` if it already samples).
 
     Parameters
@@ -34,12 +36,17 @@ def make_sampler(obj: Any, patch_size: int, batch_size: int, *, seed: int = 0, r
         return obj
     if isinstance(obj, PlaneDataset):
         ds = obj
-    elif isinstance(obj, np.ndarray) or (isinstance(obj, list | tuple) and obj and isinstance(obj[0], np.ndarray)):
+    elif isinstance(obj, np.ndarray) or (
+        isinstance(obj, list | tuple) and obj and isinstance(obj[0], np.ndarray)
+    ):
         ds = ArrayDataset(obj)
     elif isinstance(obj, str | os.PathLike):
         ds = ImageFolder(obj)
     else:
-        raise ConfigError(f"cannot use a {type(obj).__name__} as {role} images: give a folder, an array or a dataset")
+        raise ConfigError(
+            f"cannot use a {type(obj).__name__} as {role} images: "
+            "give a folder, an array or a dataset"
+        )
     return PatchSampler(ds, patch_size, batch_size, seed=seed)
 
 
@@ -58,7 +65,7 @@ def fixed_batch(sampler, n: int, seed: int) -> np.ndarray:
 
 
 def to_tensor(batch: np.ndarray, device) -> Any:
-    """A float32 tensor ``(B, C, H, W)`` on ``device`` (a channel axis is added to ``(B, H, W)``)."""
+    """Return a float32 ``(B, C, H, W)`` tensor on ``device`` (adds C to ``(B, H, W)``)."""
     import torch
 
     a = np.asarray(batch, dtype=np.float32)

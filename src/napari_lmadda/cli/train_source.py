@@ -20,16 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..data.datasets import PairedDataset, PlaneDataset
+from ..training.source import TARGET_RANGE
 
 NAME = "train-source"
 HELP = (
     "Train the source model G on paired images (input folder + one folder per output "
     "channel, files matched by name)."
 )
-
-#: Raw target range mapped to the network's [-1, 1] (targets are expected in [0, 1]).
-TARGET_RANGE = (-0.05, 1.05)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``train-source`` to its parser."""

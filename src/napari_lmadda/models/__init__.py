@@ -3,4 +3,11 @@
 from .checkpoint import load_model, read_checkpoint, save_model
 from .unet import LayerInfo, UNetConfig, UNetGenerator
 
-__all__ = ["UNetGenerator", "UNetConfig", "LayerInfo", "load_model", "save_model", "read_checkpoint"]
+__all__ = [
+    "UNetGenerator",
+    "UNetConfig",
+    "LayerInfo",
+    "load_model",
+    "save_model",
+    "read_checkpoint",
+]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,21 +64,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     Path
         The destination path.
     """
+    from ..data.io import atomic_write
+
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot save '{path}': folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
 
 
 def save_model(
@@ -116,7 +107,11 @@ def save_model(
     prov.setdefault("torch", torch.__version__)
     m["provenance"] = prov
     sd = {
-        k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
+        k: (
+            v.detach().to("cpu", torch.float16)
+            if half and v.is_floating_point()
+            else v.detach().cpu()
+        )
         for k, v in model.state_dict().items()
     }
     payload = {
@@ -130,7 +125,7 @@ def save_model(
 
 
 def _plain(obj: Any) -> Any:
-    """Convert to containers that ``weights_only`` loading accepts (tuples -> lists, paths -> str)."""
+    """Convert to containers that ``weights_only`` loading accepts (tuples -> lists)."""
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -204,7 +199,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
             cfg = UNetConfig.from_dict(obj["arch"])
             sd = dict(obj["state_dict"])
         except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"'{path}' is a napari-lmadda model file with a damaged header: {exc}") from None
+            raise CheckpointError(
+                f"'{path}' is a napari-lmadda model file with a damaged header: {exc}"
+            ) from None
         meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
     elif isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if not is_pix2pix_state_dict(obj):
@@ -215,7 +212,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
             )
         cfg = detect_pix2pix_config(obj)
         sd = pix2pix_to_flat(obj, cfg)
-        meta = {**DEFAULT_META, "provenance": {"source": "pix2pix latest_net_G.pth", "file": path.name}}
+        meta = {
+            **DEFAULT_META,
+            "provenance": {"source": "pix2pix latest_net_G.pth", "file": path.name},
+        }
     else:
         raise CheckpointError(
             f"'{path}' is not a model file: expected a napari-lmadda model or a pix2pix state "
@@ -260,7 +260,9 @@ def load_model(
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # tensor shapes that do not fit the declared architecture
-        raise CheckpointError(f"'{path}' does not fit the architecture it declares: {exc}") from None
+        raise CheckpointError(
+            f"'{path}' does not fit the architecture it declares: {exc}"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"'{path}' does not fit the architecture it declares ({cfg}): "

@@ -92,7 +92,9 @@ def detect_pix2pix_config(sd: Mapping[str, torch.Tensor]) -> UNetConfig:
         )
     w0 = sd["model.model.0.weight"]
     if w0.ndim != 4 or tuple(w0.shape[-2:]) != (4, 4):
-        raise CheckpointError(f"'model.model.0.weight' has shape {tuple(w0.shape)}, expected (ngf, in, 4, 4)")
+        raise CheckpointError(
+            f"'model.model.0.weight' has shape {tuple(w0.shape)}, expected (ngf, in, 4, 4)"
+        )
     ngf, cin = int(w0.shape[0]), int(w0.shape[1])
     up = sd.get("model.model.3.weight")
     if up is None or up.ndim != 4:

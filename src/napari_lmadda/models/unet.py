@@ -288,7 +288,9 @@ class UNetGenerator(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for an input of the wrong rank, channels or size."""
         if x.ndim != 4:
-            raise ConfigError(f"expected a (batch, channels, H, W) tensor, got shape {tuple(x.shape)}")
+            raise ConfigError(
+                f"expected a (batch, channels, H, W) tensor, got shape {tuple(x.shape)}"
+            )
         if x.shape[1] != self.config.in_channels:
             raise ConfigError(
                 f"this model takes {self.config.in_channels} input channel(s), got {x.shape[1]}"

@@ -27,7 +27,11 @@ from ..models.checkpoint import save_model
 from ..models.discriminator import PatchDiscriminator
 from ..models.unet import UNetConfig, UNetGenerator
 
-__all__ = ["SourceTrainConfig", "TrainResult", "iter_train_source", "train_source"]
+__all__ = ["SourceTrainConfig", "TrainResult", "iter_train_source", "train_source", "TARGET_RANGE"]
+
+# Stain values [0, 1] are encoded as TARGET_RANGE -> [-1, 1]: background at exactly -1 would
+# push the tanh output into saturation, where sparse targets (nuclei) stop getting gradient.
+TARGET_RANGE = (-0.05, 1.05)
 
 
 @dataclass
@@ -180,7 +184,9 @@ def iter_train_source(
             opt_d.zero_grad(set_to_none=True)
             lr_ = D(torch.cat([x, y], 1))
             lf = D(torch.cat([x, fake.detach()], 1))
-            loss_d = 0.5 * (F.mse_loss(lr_, torch.ones_like(lr_)) + F.mse_loss(lf, torch.zeros_like(lf)))
+            loss_d = 0.5 * (
+                F.mse_loss(lr_, torch.ones_like(lr_)) + F.mse_loss(lf, torch.zeros_like(lf))
+            )
             loss_d.backward()
             opt_d.step()
             loss_d_val = float(loss_d)
@@ -193,8 +199,17 @@ def iter_train_source(
         loss.backward()
         opt.step()
         el = time.perf_counter() - t0
-        yield Step(step, cfg.steps, loss_d_val, l1.item(), nan, nan, True, el,
-                   el / step * (cfg.steps - step))
+        yield Step(
+            step,
+            cfg.steps,
+            loss_d_val,
+            l1.item(),
+            nan,
+            nan,
+            True,
+            el,
+            el / step * (cfg.steps - step),
+        )
         if not math.isfinite(l1.item()):
             reason = StopReason.DIVERGED
             break
@@ -209,8 +224,12 @@ def iter_train_source(
                 best, best_step, best_state = score, step, copy.deepcopy(G.state_dict())
             row = {"step": step, "l1": l1.item(), "val_pearson": score, "per_channel": rs}
             history.append(row)
-            yield Evaluated(step, score, improved, {"val_pearson": score,
-                                                    **{f"pearson_{i}": r for i, r in enumerate(rs)}})
+            yield Evaluated(
+                step,
+                score,
+                improved,
+                {"val_pearson": score, **{f"pearson_{i}": r for i, r in enumerate(rs)}},
+            )
             if out is not None:
                 prov = {"training": {**asdict(cfg), "step": step, "val_pearson": score}}
                 save_model(G, last_path, provenance=prov)
@@ -218,8 +237,10 @@ def iter_train_source(
                     save_model(G, out, provenance=prov)
     G.load_state_dict(best_state)
     G.eval()
-    G.meta["provenance"] = {**G.meta.get("provenance", {}),
-                            "training": {**asdict(cfg), "best_step": best_step, "val_pearson": best}}
+    G.meta["provenance"] = {
+        **G.meta.get("provenance", {}),
+        "training": {**asdict(cfg), "best_step": best_step, "val_pearson": best},
+    }
     yield TrainResult(G, best_step, best, reason, history)
 
 
