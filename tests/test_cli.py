@@ -194,6 +194,45 @@ def test_adapt_cancelled_saves_the_kept_state(ws, capsys, tmp_path, monkeypatch)
     assert prov["stop_reason"] == "cancelled" and prov["best_step"] == 0
 
 
+def test_adapt_resume_after_interruption_matches_uninterrupted(ws, capsys, tmp_path,
+                                                              monkeypatch):
+    import napari_lmadda.cli._common as common
+
+    base = ["adapt", "--model", str(ws / "g.pt"), "--source", str(ws / "src/input"),
+            "--target", str(ws / "tgt/input"), "--layer", "2", "--steps", "6",
+            "--eval-every", "2", "--criterion", "last", *TINY]
+    full = tmp_path / "full.pt"
+    assert main([*base, "--out", str(full)]) == 0
+    assert not (tmp_path / "full.pt.run").exists()  # a finished run leaves no state behind
+
+    polls = {"n": 0}
+
+    @contextlib.contextmanager
+    def pressed_after_five(what=""):
+        def cancel():
+            polls["n"] += 1
+            return polls["n"] > 5
+        yield cancel
+
+    out = tmp_path / "a.pt"
+    with monkeypatch.context() as mp:
+        mp.setattr(common, "cancel_on_sigint", pressed_after_five)
+        assert main([*base, "--out", str(out)]) == 1
+    state = tmp_path / "a.pt.run"
+    assert state.exists()
+    capsys.readouterr()
+    # starting afresh over an interrupted run is refused (nothing is lost) ...
+    assert main([*base, "--out", str(out), "--overwrite"]) == 2
+    assert "--resume" in one_line_error(capsys, "adapt")
+    # ... and --resume ends where the uninterrupted run did
+    assert main([*base, "--out", str(out), "--resume"]) == 0
+    assert not state.exists()
+    a, b = read_checkpoint(full)[1], read_checkpoint(out)[1]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main([*base, "--out", str(tmp_path / "b.pt"), "--resume"]) == 2
+    assert "no interrupted run" in one_line_error(capsys, "adapt")
+
+
 # ------------------------------------------------------------------ bad input
 def _bad_cases(ws):
     g, src, tgt = str(ws / "g.pt"), str(ws / "src/input"), str(ws / "tgt/input")

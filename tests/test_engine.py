@@ -313,3 +313,35 @@ def test_bad_method_or_layer(source_model, domains, method, layers, match):
 def test_patch_not_multiple_of_model_stride(source_model, domains):
     with pytest.raises(ConfigError, match="multiple of 32"):
         adapt(source_model, *domains, method="lmadda", layers=2, config=cfg(patch_size=48))
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(source_model, domains, tmp_path):
+    config = cfg(steps=12, eval_every=3, criterion="last")
+    full = adapt(source_model, *domains, method="lmadda", layers=3, config=config)
+    state = tmp_path / "run.pt"
+    calls = {"n": 0}
+
+    def cancel_after_8():
+        calls["n"] += 1
+        return calls["n"] > 8
+
+    part = adapt(source_model, *domains, method="lmadda", layers=3, config=config,
+                 cancel=cancel_after_8, run_state=state)
+    assert part.reason is StopReason.CANCELLED and state.exists()
+    # the interruption left a different model than the full run
+    assert not torch.equal(part.model.down[0][0].weight, full.model.down[0][0].weight)
+    resumed = adapt(source_model, *domains, method="lmadda", layers=3, config=config,
+                    run_state=state)
+    assert resumed.best_step == full.best_step == 12
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in full.history]
+
+
+def test_resume_with_other_settings_is_refused(source_model, domains, tmp_path):
+    state = tmp_path / "run.pt"
+    adapt(source_model, *domains, method="lmadda", layers=3, config=cfg(steps=3, eval_every=3),
+          run_state=state)
+    with pytest.raises(ConfigError, match="other settings"):
+        adapt(source_model, *domains, method="lmadda", layers=2,
+              config=cfg(steps=3, eval_every=3), run_state=state)

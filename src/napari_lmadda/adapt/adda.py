@@ -27,6 +27,7 @@ def run(
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
     monitor=None,
+    run_state=None,
 ) -> Iterator[Event]:
     """Match at the output layer; ``layers`` is ignored."""
     return run_adversarial(
@@ -38,4 +39,5 @@ def run(
         method=NAME,
         cancel=cancel,
         monitor=monitor,
+        run_state=run_state,
     )

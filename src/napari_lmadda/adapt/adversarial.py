@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +44,56 @@ from .sampling import fixed_batch, to_tensor
 
 __all__ = ["run_adversarial", "trainable_layers"]
 
-_BLOWUP = 4.0  # criterion above this multiple of its starting value counts as divergence
+_BLOWUP = 4.0
+RUN_STATE_FORMAT = "napari-lmadda-run"
+
+
+def _comparable(cfg: AdaptConfig) -> dict:
+    """Config fields that must match for a resume (the device may differ)."""
+    d = cfg.to_dict()
+    d.pop("device", None)
+    return d
+
+
+def _rng_get(sampler) -> Any:
+    rng = getattr(sampler, "rng", None)
+    if rng is None or not hasattr(rng, "bit_generator"):
+        return None
+    st = rng.bit_generator.state
+    # 128-bit integers as strings: the weights_only loader takes plain containers
+    return {"bit_generator": st["bit_generator"],
+            "state": {k: str(v) for k, v in st["state"].items()},
+            "has_uint32": int(st.get("has_uint32", 0)), "uinteger": int(st.get("uinteger", 0))}
+
+
+def _rng_set(sampler, st: Any) -> None:
+    rng = getattr(sampler, "rng", None)
+    if st is None or rng is None or not hasattr(rng, "bit_generator"):
+        return
+    rng.bit_generator.state = {
+        "bit_generator": st["bit_generator"],
+        "state": {k: int(v) for k, v in st["state"].items()},
+        "has_uint32": st["has_uint32"], "uinteger": st["uinteger"],
+    }
+
+
+def _load_run_state(path, method: str, layers: tuple[int, ...], cfg: AdaptConfig) -> dict:
+    from ..errors import CheckpointError
+
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"cannot resume from '{path}': not a readable run state "
+                              f"({type(exc).__name__})") from None
+    if not isinstance(st, dict) or st.get("format") != RUN_STATE_FORMAT:
+        raise CheckpointError(f"cannot resume from '{path}': not a napari-lmadda run state")
+    mine = {"method": method, "layers": list(layers), "config": _comparable(cfg)}
+    diff = [k for k in mine if st.get(k) != mine[k]]
+    if diff:
+        raise ConfigError(
+            f"cannot resume from '{path}': it was made with other settings ({', '.join(diff)}"
+            " differ); use the same options or delete the file to start afresh")
+    return st  # criterion above this multiple of its starting value counts as divergence
 
 
 def trainable_layers(
@@ -103,6 +154,7 @@ def run_adversarial(
     method: str,
     cancel: Callable[[], bool] | None = None,
     monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
+    run_state: str | os.PathLike | None = None,
 ) -> Iterator[Event]:
     """Adapt ``model`` by adversarial matching at ``layers``; yields typed events.
 
@@ -126,6 +178,12 @@ def run_adversarial(
         model; its values are logged as ``monitor_<name>`` in the history and events but
         never used to choose the kept state (benchmarks use it to log Pearson against
         ground truth, to validate the label-free criterion).
+    run_state : path, optional
+        File holding the full state of the run (G', EMA, discriminator, optimisers, RNG
+        states, best state, history), written atomically at every evaluation. If it exists
+        when the run starts, the run resumes from it and ends where an uninterrupted run with
+        the same settings would (bit-identical on the CPU). It must come from a run with the
+        same method, layers and config, else :class:`ConfigError`.
 
     Yields
     ------
@@ -215,23 +273,62 @@ def run_adversarial(
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in ema.state_dict().items()}
 
+    def save_run_state() -> None:
+        from ..models.checkpoint import atomic_torch_save
+
+        atomic_torch_save(
+            {
+                "format": RUN_STATE_FORMAT,
+                "method": method,
+                "layers": list(layers),
+                "config": _comparable(cfg),
+                "step": step,
+                "gp": Gp.state_dict(),
+                "ema": ema.state_dict(),
+                "d": D.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "best_state": best_state,
+                "best": [best_val, best_step, start_val, since_best],
+                "history": history,
+                "rng": {"source": _rng_get(source), "target": _rng_get(target),
+                        "torch": torch.get_rng_state()},
+            },
+            run_state,
+        )
+
     n_params = sum(p.numel() for p in params)
     yield Started(method, layers, cfg.steps, n_params, str(device), cfg.bn_mode, cfg.criterion)
 
     history: list[dict[str, Any]] = []
     step = 0
-    m0 = evaluate(ema)
-    best_val, best_step, best_state = m0["criterion"], 0, snapshot()
-    if cfg.criterion == "d_acc":  # an untrained D is at chance: step 0 says nothing
-        best_val = math.inf
-    start_val = max(m0["criterion"], 1e-8)
-    history.append({"step": 0, **m0})
-    yield Evaluated(0, m0["criterion"], True, m0)
+    if run_state is not None and Path(run_state).exists():
+        st = _load_run_state(run_state, method, layers, cfg)
+        Gp.load_state_dict(st["gp"])
+        ema.load_state_dict(st["ema"])
+        D.load_state_dict(st["d"])
+        opt_d.load_state_dict(st["opt_d"])
+        opt_g.load_state_dict(st["opt_g"])
+        best_state, history = st["best_state"], list(st["history"])
+        best_val, best_step, start_val, since_best = st["best"]
+        _rng_set(source, st["rng"]["source"])
+        _rng_set(target, st["rng"]["target"])
+        torch.set_rng_state(st["rng"]["torch"])
+        first_step = int(st["step"]) + 1
+    else:
+        m0 = evaluate(ema)
+        best_val, best_step, best_state = m0["criterion"], 0, snapshot()
+        if cfg.criterion == "d_acc":  # an untrained D is at chance: step 0 says nothing
+            best_val = math.inf
+        start_val, since_best = max(m0["criterion"], 1e-8), 0
+        history.append({"step": 0, **m0})
+        yield Evaluated(0, m0["criterion"], True, m0)
+        first_step = 1
 
     reason, message = StopReason.COMPLETED, ""
-    t0, since_best = time.perf_counter(), 0
+    t0 = time.perf_counter()
     nan = float("nan")
-    for step in range(1, cfg.steps + 1):
+    for step in range(first_step, cfg.steps + 1):
         if cancel is not None and cancel():
             reason, step = StopReason.CANCELLED, step - 1
             message = f"cancelled after {step} steps; kept the state of step {best_step}"
@@ -287,7 +384,7 @@ def run_adversarial(
             acc,
             g_updated,
             elapsed,
-            elapsed / step * (cfg.steps - step),
+            elapsed / (step - first_step + 1) * (cfg.steps - step),
         )
 
         if not math.isfinite(ld) or (g_updated and not math.isfinite(loss_g_val)):
@@ -303,6 +400,8 @@ def run_adversarial(
             else:
                 since_best += 1
             history.append({"step": step, **m})
+            if run_state is not None:
+                save_run_state()
             yield Evaluated(step, val, improved, m)
             bounded = cfg.criterion in ("last", "d_acc")  # no blow-up rule for these
             if not math.isfinite(val) or (

@@ -8,6 +8,7 @@ averaged (see REFERENCE.md, "Distances between layer activations").
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "diag_bhattacharyya",
     "sliced_w2",
     "layer_distances",
+    "pairwise_distances",
     "DISTANCE_NAMES",
 ]
 
@@ -115,3 +117,67 @@ def layer_distances(
         "bhattacharyya": diag_bhattacharyya(source, target),
         "sliced_w2": sliced_w2(source, target, seed=seed),
     }
+
+
+def pairwise_distances(
+    groups: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    *,
+    reference: torch.Tensor | None = None,
+    n_proj: int = 64,
+    max_samples: int = 4096,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Symmetric matrices of the three distances between every two sets of activations.
+
+    Every pair is scaled by the *same* per-channel statistics, those of ``reference``
+    (default: the first set), so the matrices are symmetric and comparable with
+    ``diag_w2(reference, ...)``. For the sliced distance, every set is standardised,
+    subsampled to the same size, projected on the same random directions and sorted once, so
+    ``G`` sets cost ``G`` sorts instead of ``G * (G - 1)``.
+
+    Parameters
+    ----------
+    groups : sequence of torch.Tensor
+        ``G`` activations ``(B_g, C, H, W)`` of the same layer.
+    reference : torch.Tensor, optional
+        Activations whose per-channel moments scale all distances.
+    n_proj, max_samples, seed :
+        As in :func:`sliced_w2`.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``{"w2": (G, G), "bhattacharyya": (G, G), "sliced_w2": (G, G)}``, zero diagonals.
+    """
+    ref = groups[0] if reference is None else reference
+    m0, s0 = channel_moments(ref)
+    var0 = s0.pow(2)
+    scale = var0 + var0.mean() * 1e-3 + _EPS
+    floor = var0.mean() * 1e-3 + _EPS
+    moments = [channel_moments(x) for x in groups]
+    n_groups = len(groups)
+    out = {k: np.zeros((n_groups, n_groups)) for k in DISTANCE_NAMES}
+    for i in range(n_groups):
+        for j in range(i + 1, n_groups):
+            (mi, si), (mj, sj) = moments[i], moments[j]
+            w2 = float((((mi - mj) ** 2 + (si - sj) ** 2) / scale).mean())
+            vi, vj = si.pow(2) + floor, sj.pow(2) + floor
+            bh = (mi - mj) ** 2 / (4 * (vi + vj)) + 0.5 * torch.log(
+                (vi + vj) / (2 * torch.sqrt(vi * vj)))
+            out["w2"][i, j] = out["w2"][j, i] = w2
+            out["bhattacharyya"][i, j] = out["bhattacharyya"][j, i] = float(bh.mean())
+    g = torch.Generator().manual_seed(seed)
+    channels = ref.shape[1]
+    proj = torch.randn(channels, n_proj, generator=g, dtype=torch.float64)
+    proj /= proj.norm(dim=0, keepdim=True)
+    n = min(min(x.shape[0] * x.shape[2] * x.shape[3] for x in groups), max_samples)
+    sorted_proj = []
+    for x in groups:
+        a = x.detach().double().transpose(0, 1).reshape(channels, -1).T
+        a = a[torch.randperm(len(a), generator=g)[:n]]
+        sorted_proj.append(np.sort((((a - m0) / (s0 + _EPS)) @ proj).numpy().T, axis=1))
+    for i in range(n_groups):
+        for j in range(i + 1, n_groups):
+            d = float(np.mean((sorted_proj[i] - sorted_proj[j]) ** 2))
+            out["sliced_w2"][i, j] = out["sliced_w2"][j, i] = d
+    return out

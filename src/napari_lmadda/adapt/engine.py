@@ -9,6 +9,7 @@ optional callback per event and returns the :class:`AdaptResult`.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -78,6 +79,7 @@ def iter_adapt(
     config: AdaptConfig | None = None,
     cancel: Callable[[], bool] | None = None,
     monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
+    run_state: str | os.PathLike | None = None,
 ) -> Iterator[Event]:
     """Run an adaptation method and yield its typed events.
 
@@ -99,6 +101,9 @@ def iter_adapt(
     monitor : callable, optional
         ``monitor(step, model) -> dict`` logged at each evaluation of adversarial methods;
         never used for selection (benchmarks log ground-truth Pearson with it).
+    run_state : path, optional
+        Adversarial methods save their whole state there at every evaluation and resume
+        from it when it exists (see :func:`~napari_lmadda.adapt.adversarial.run_adversarial`).
 
     Yields
     ------
@@ -118,7 +123,10 @@ def iter_adapt(
     mod = importlib.import_module(METHODS[method])
     src = make_sampler(source, cfg.patch_size, cfg.batch_size, seed=cfg.seed, role="source")
     tgt = make_sampler(target, cfg.patch_size, cfg.batch_size, seed=cfg.seed + 1000, role="target")
-    yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel, monitor=monitor)
+    kwargs = {"run_state": run_state} if run_state is not None else {}
+    yield from mod.run(
+        model, src, tgt, layers=lays, config=cfg, cancel=cancel, monitor=monitor, **kwargs
+    )
 
 
 def adapt(
@@ -132,6 +140,7 @@ def adapt(
     callback: Callable[[Event], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
+    run_state: str | os.PathLike | None = None,
 ) -> AdaptResult:
     """Run an adaptation method to the end and return its result (see :func:`iter_adapt`)."""
     result = None
@@ -144,6 +153,7 @@ def adapt(
         config=config,
         cancel=cancel,
         monitor=monitor,
+        run_state=run_state,
     ):
         if callback is not None:
             callback(event)

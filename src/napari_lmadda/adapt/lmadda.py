@@ -28,6 +28,7 @@ def run(
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
     monitor=None,
+    run_state=None,
 ) -> Iterator[Event]:
     """Match at exactly one layer (``layers == (l,)``)."""
     if len(layers) != 1:
@@ -41,4 +42,5 @@ def run(
         method=NAME,
         cancel=cancel,
         monitor=monitor,
+        run_state=run_state,
     )

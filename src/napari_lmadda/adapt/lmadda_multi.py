@@ -27,6 +27,7 @@ def run(
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
     monitor=None,
+    run_state=None,
 ) -> Iterator[Event]:
     """Match at every layer in ``layers`` (two or more)."""
     if len(set(layers)) < 2:
@@ -40,4 +41,5 @@ def run(
         method=NAME,
         cancel=cancel,
         monitor=monitor,
+        run_state=run_state,
     )

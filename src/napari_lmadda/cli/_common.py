@@ -110,19 +110,21 @@ def add_adapt_options(parser: argparse.ArgumentParser) -> None:
     Every option defaults to None, meaning "the :class:`AdaptConfig` default"; validation
     happens in :class:`AdaptConfig` so the messages are the same as in the library.
     """
-    from ..adapt.config import CRITERIA
+    from ..adapt.config import CRITERIA, AdaptConfig
 
+    d = AdaptConfig()
     g = parser.add_argument_group("adaptation options (defaults: AdaptConfig)")
-    g.add_argument("--steps", type=_int, default=None, help="training steps (600)")
-    g.add_argument("--lr-g", type=float, default=None, help="learning rate of G' (5e-5)")
-    g.add_argument("--lr-d", type=float, default=None, help="learning rate of D (1e-4)")
-    g.add_argument("--batch", type=_int, default=None, help="patches per domain and step (8)")
+    g.add_argument("--steps", type=_int, default=None, help=f"training steps ({d.steps})")
+    g.add_argument("--lr-g", type=float, default=None, help=f"learning rate of G' ({d.lr_g:g})")
+    g.add_argument("--lr-d", type=float, default=None, help=f"learning rate of D ({d.lr_d:g})")
+    g.add_argument("--batch", type=_int, default=None,
+                   help=f"patches per domain and step ({d.batch_size})")
     g.add_argument("--patch", type=_int, default=None,
-                   help="patch side, a multiple of 2**num_downs (128)")
+                   help=f"patch side, a multiple of 2**num_downs ({d.patch_size})")
     g.add_argument("--eval-every", type=_int, default=None,
-                   help="steps between evaluations of the label-free criterion (50)")
+                   help=f"steps between evaluations of the label-free criterion ({d.eval_every})")
     g.add_argument("--criterion", choices=CRITERIA, default=None,
-                   help="label-free criterion that picks the kept state (gap)")
+                   help=f"label-free criterion that picks the kept state ({d.criterion})")
     g.add_argument("--patience", type=_int, default=None,
                    help="stop after this many evaluations without improvement (off)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
+
 NAME = "adapt"
 HELP = (
     "Adapt a source model to unlabeled images of a new microscope (LM-ADDA at a chosen "
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="adapted model file to write")
     parser.add_argument("--seed", type=int, default=None, help="seed (0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from <out>.run (written at every "
+                             "evaluation); ends where an uninterrupted run would")
     add_adapt_options(parser)
 
 
@@ -82,7 +87,13 @@ def run(args: argparse.Namespace) -> int:
         make_parent,
     )
 
-    out = check_new_file(args.out, "--out", args.overwrite)
+    state = Path(str(args.out) + ".run")
+    if args.resume and not state.exists():
+        raise ConfigError(f"--resume: there is no interrupted run to continue ('{state}')")
+    if state.exists() and not args.resume:
+        raise ConfigError(f"'{state}' holds an interrupted run: pass --resume to continue it, "
+                          "or delete it to start afresh")
+    out = check_new_file(args.out, "--out", args.overwrite or args.resume)
     cfg = adapt_config_from_args(args)
     model = load_model_one_line(args.model, "cpu")
     source = open_images(args.source, model, "--source")
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     last_step, best_step = None, 0
     with cancel_on_sigint("adaptation") as cancel:
         for ev in iter_adapt(model, source, target, method=args.method, layers=args.layer,
-                             config=cfg, cancel=cancel):
+                             config=cfg, cancel=cancel, run_state=state):
             if isinstance(ev, Started):
                 lays = ",".join(map(str, ev.layers)) or "-"
                 print(f"{ev.method} at layer(s) {lays}: {ev.trainable_params:,} trainable "
@@ -119,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         "target_dir": str(args.target),
     }
     save_model(result.model, out, provenance=prov)
+    if result.reason is not StopReason.CANCELLED:  # a cancelled run stays resumable
+        state.unlink(missing_ok=True)
     value = result.provenance.get("criterion_value")
     print(f"stop reason: {result.reason.value}; kept step {result.best_step} of "
           f"{result.steps_done} (criterion {result.criterion} = {fmt_float(value)})")
