@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from .errors import ConfigError, LmaddaError
 __all__ = [
     "predict_image",
     "predict_folder",
+    "iter_predict_folder",
+    "output_path",
+    "output_paths",
     "output_to_stain",
     "FolderReport",
     "tile_starts",
@@ -101,18 +105,19 @@ def predict_image(
     from .data.normalize import percentile_normalize
 
     img = np.asarray(image)
-    if img.ndim != 2:
+    if img.ndim != 2 or img.size == 0:
         raise ConfigError(f"predict_image takes a 2-D (H, W) image, got shape {img.shape}")
+    if tile < 1 or overlap < 0 or batch_size < 1:
+        raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
+    _check_grey_model(model)
     meta = getattr(model, "meta", {}) or {}
     if normalize:
         p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
         x, _ = percentile_normalize(img, p_low, p_high)
     else:
         x = img.astype(np.float32)
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # x is our own copy
     m = model.min_size
-    if tile < 1 or overlap < 0 or batch_size < 1:
-        raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
     tile = max(m, (int(tile) // m) * m)
     h, w = x.shape
     # pad to a multiple of the model's stride and to at least one tile where the image is smaller
@@ -149,8 +154,87 @@ def predict_image(
     finally:
         for mod, mode in modes:  # restore exactly (e.g. BatchNorm alone in train mode)
             mod.training = mode
-    y = acc[:, :h, :w] / wsum[None, :h, :w]
-    return output_to_stain(y, meta) if to_stain else y
+    # in place: the accumulators are the only full-size arrays (bounded memory)
+    y = acc[:, :h, :w]
+    y /= wsum[None, :h, :w]
+    del wsum
+    if to_stain:
+        lo, hi = meta.get("target_range", (0.0, 1.0))
+        y += 1.0  # the operations of output_to_stain, in place
+        y *= 0.5
+        y *= hi - lo
+        y += lo
+    return np.ascontiguousarray(y)
+
+
+def _check_grey_model(model) -> None:
+    cin = getattr(getattr(model, "config", None), "in_channels", 1)
+    if cin != 1:
+        raise ConfigError(
+            f"this model takes {cin} input channels; napari-lmadda feeds it one grey plane "
+            "at a time, so only single-channel (grey-input) models can be used"
+        )
+
+
+def output_paths(
+    paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, suffix: str = "_pred.tif"
+) -> list[Path]:
+    """Return where :func:`predict_folder` writes the prediction of each input.
+
+    ``<out_dir>/<stem><suffix>`` with the input's name minus its last suffix; inputs sharing a
+    stem (``a.png`` and ``a.tif``) keep their suffix (``a_png_pred.tif``, ``a_tif_pred.tif``),
+    so no output replaces another.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Every input of the batch.
+    out_dir : path-like
+        The output folder.
+    suffix : str
+        End of the output names.
+
+    Returns
+    -------
+    list of Path
+        One output file per input, in the same order.
+    """
+    stems = Counter(Path(p).stem for p in paths)
+    out = []
+    for p in map(Path, paths):
+        stem = p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        out.append(Path(out_dir) / f"{stem}{suffix}")
+    return out
+
+
+def output_path(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    siblings: Sequence[str | os.PathLike] = (),
+    suffix: str = "_pred.tif",
+) -> Path:
+    """Return the output of one input of a batch (as :func:`output_paths`, one at a time).
+
+    Parameters
+    ----------
+    path : path-like
+        The input image.
+    out_dir : path-like
+        The output folder.
+    siblings : sequence of path-like
+        Every input of the batch (including ``path``).
+    suffix : str
+        End of the output name.
+
+    Returns
+    -------
+    Path
+        The output file.
+    """
+    p = Path(path)
+    clash = sum(1 for q in siblings if Path(q).stem == p.stem) > 1
+    stem = f"{p.stem}_{p.suffix.lstrip('.').lower()}" if clash else p.stem
+    return Path(out_dir) / f"{stem}{suffix}"
 
 
 @dataclass
@@ -184,10 +268,13 @@ def iter_predict_folder(
     """Generator form of :func:`predict_folder`: yields ``(done, total, path)`` per input file.
 
     The last value sent back through ``StopIteration.value`` is the :class:`FolderReport`.
+    A file that cannot be read, predicted or written is skipped with an :class:`ImageWarning`
+    naming it (unless ``stop_on_error``); outputs are named by :func:`output_paths`.
     """
-    from .data.io import list_images, read_planes, write_tiff
+    from .data.io import ImageWarning, list_images, read_planes, write_tiff
 
     t0 = time.perf_counter()
+    _check_grey_model(model)
     files = list_images(images)
     out = Path(out_dir)
     try:
@@ -197,12 +284,14 @@ def iter_predict_folder(
     meta = getattr(model, "meta", {}) or {}
     names = meta.get("channel_names") or [f"channel{i}" for i in range(model.config.out_channels)]
     report = FolderReport()
-    for i, path in enumerate(files, 1):
+    targets = output_paths(files, out)
+    for i, (path, target) in enumerate(zip(files, targets), 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 planes = read_planes(path)
-            preds = np.stack([predict_image(model, p, **kwargs) for p in planes])  # (Z, C, H, W)
+                preds = np.stack([predict_image(model, p, **kwargs) for p in planes])  # ZCHW
+            _warn_once_named(caught, path)
             arr = preds[0] if len(planes) == 1 else preds
             md = {
                 "source_image": path.name,
@@ -211,19 +300,31 @@ def iter_predict_folder(
                 "model": meta.get("provenance", {}),
                 **(metadata or {}),
             }
-            target = out / f"{path.stem}_pred.tif"
             report.written.append(write_tiff(target, arr, metadata=md, overwrite=overwrite))
         except LmaddaError as exc:
             if stop_on_error:
                 raise
             report.skipped.append((path, str(exc)))
+            warnings.warn(f"skipped '{path.name}': {exc}", ImageWarning, stacklevel=2)
         yield i, len(files), path
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def _warn_once_named(caught: list, path: Path) -> None:
+    """Re-emit the warnings of one file once each, naming the file (e.g. a constant image)."""
+    seen = set()
+    for w in caught:
+        text = str(w.message)
+        if path.name not in text:
+            text = f"'{path.name}': {text}"
+        if text not in seen:
+            seen.add(text)
+            warnings.warn(text, w.category, stacklevel=3)
+
+
 def predict_folder(model, images, out_dir, **kwargs: Any) -> FolderReport:
-    """Predict every image of a folder into float32 TIFFs ``<stem>_pred.tif``.
+    """Predict every image of a folder into float32 TIFFs (named by :func:`output_paths`).
 
     Parameters
     ----------

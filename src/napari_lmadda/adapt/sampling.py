@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["make_sampler", "fixed_batch", "to_tensor"]
+__all__ = ["make_sampler", "check_patch_fits", "fixed_batch", "to_tensor"]
 
 
 def make_sampler(
@@ -47,7 +47,46 @@ def make_sampler(
             f"cannot use a {type(obj).__name__} as {role} images: "
             "give a folder, an array or a dataset"
         )
+    check_patch_fits(ds, patch_size, role)
     return PatchSampler(ds, patch_size, batch_size, seed=seed)
+
+
+def check_patch_fits(dataset: Any, patch_size: int, role: str = "images") -> None:
+    """Refuse a patch size larger than every plane of a dataset.
+
+    Planes smaller than the patch are reflect-padded by the sampler, which is fine for a few
+    small images; when *no* plane is large enough every patch would be mostly padding, so
+    this is almost certainly a wrong ``--patch``. Only plane shapes are looked at (file
+    headers for a folder; nothing is decoded).
+
+    Parameters
+    ----------
+    dataset : PlaneDataset or PairedDataset
+        Anything with ``len()`` and ``shape(i) -> (H, W)``.
+    patch_size : int
+        Patch side.
+    role : str
+        Used in the message ("source", "target", "training").
+
+    Raises
+    ------
+    ConfigError
+        ``patch_size`` exceeds the smaller side of every plane.
+    """
+    n = len(dataset)
+    if n == 0 or not hasattr(dataset, "shape"):
+        return
+    best = (0, 0)
+    for i in range(n):
+        h, w = dataset.shape(i)
+        if min(h, w) >= patch_size:
+            return
+        if min(h, w) > min(best):
+            best = (h, w)
+    raise ConfigError(
+        f"patch size {patch_size} is larger than every {role} image (the largest is "
+        f"{best[0]}x{best[1]} pixels): choose a patch size of at most {min(best)}"
+    )
 
 
 def fixed_batch(sampler, n: int, seed: int) -> np.ndarray:

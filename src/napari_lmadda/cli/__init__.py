@@ -1,8 +1,9 @@
 """The ``lmadda`` command: one entry point, one module per sub-command.
 
 Each sub-command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``. Errors of the project's own type are printed as one line (no
-traceback) and give exit code 2.
+``run(args) -> int``. Errors of the project's own type, and the operating system's errors
+about files (permission denied, disk full, not a folder, ...), are printed as one line (no
+traceback) and give exit code 2; warnings are printed as one line each.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..errors import LmaddaError
@@ -21,6 +23,7 @@ _COMMANDS = [
     "adapt",
     "predict",
     "sweep",
+    "recommend_layer",
     "evaluate",
     "make_synthetic",
 ]
@@ -67,13 +70,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    prefix = f"lmadda {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(f"{prefix}: warning: {text}", file=sys.stderr, flush=True)
+
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # one line, without the source line
+            return int(args._run(args) or 0)
     except LmaddaError as exc:
-        print(f"lmadda {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the project did not wrap: still one line, no traceback
+        where = f": '{exc.filename}'" if exc.filename else ""
+        print(f"{prefix}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prefix}: error: out of memory (try a smaller --tile, --batch or --patch)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"lmadda {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ImageReadError, OutputExistsError
+from ..errors import ConfigError, ImageReadError, OutputExistsError, OutputWriteError
 
 __all__ = [
     "add_adapt_options",
@@ -27,6 +28,7 @@ __all__ = [
     "fmt_float",
     "load_model_one_line",
     "make_parent",
+    "make_output_folder",
 ]
 
 
@@ -69,13 +71,33 @@ def check_new_file(path: Path, option: str, overwrite: bool) -> Path:
 
 def make_parent(path: Path, option: str) -> Path:
     """Create the folder of an output file before a long run, not when saving at its end."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the folder of {option} '{path}': {exc.strerror or exc}"
-        ) from None
+    make_output_folder(path.parent, f"the folder of {option} '{path}'")
     return path
+
+
+def make_output_folder(folder: Path, what: str) -> Path:
+    """Create an output folder and check a file can be written in it, before any work.
+
+    Raises
+    ------
+    ConfigError
+        The folder cannot be created (e.g. a file has its name).
+    OutputWriteError
+        The folder is read-only (or the disk is full).
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what}: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write into {what} ('{folder}'): {exc.strerror or exc}"
+        ) from None
+    return folder
 
 
 def load_model_one_line(path: str | Path, device: str = "cpu") -> Any:

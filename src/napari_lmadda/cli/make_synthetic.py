@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out '{args.out}' is a file; give a folder")
     paths = write_domain(
         args.out,
         args.n,

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, print one line per run, then the table; write the files."""
-    from ..errors import OutputExistsError
+    from ..errors import ConfigError, OutputExistsError
     from ..sweep import (
         format_sweep_table,
         iter_sweep,
@@ -72,16 +72,20 @@ def run(args: argparse.Namespace) -> int:
         fmt_duration,
         fmt_float,
         load_model_one_line,
+        make_output_folder,
     )
     from .adapt import open_images
 
     out = Path(args.out)
     if (out / "sweep.json").exists() and not args.overwrite:
         raise OutputExistsError(f"'{out / 'sweep.json'}' already exists (use --overwrite)")
+    if args.tile < 1:
+        raise ConfigError(f"--tile must be >= 1, got {args.tile}")
     cfg = adapt_config_from_args(args)
     model = load_model_one_line(args.model, "cpu")
     source = open_images(args.source, model, "--source")
     target = open_images(args.target, model, "--target")
+    make_output_folder(out, "the --out folder")  # before the runs, not after them
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     names = list(model.meta.get("channel_names") or
                  [f"channel{i}" for i in range(model.config.out_channels)])

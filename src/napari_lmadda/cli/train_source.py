@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..adapt.events import Evaluated, Started, Step, StopReason
+    from ..adapt.sampling import check_patch_fits
     from ..data.datasets import PairedFolders, PatchSampler
     from ..errors import ConfigError
     from ..models.checkpoint import save_model
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
     pairs = PairedFolders(args.inputs, args.targets, target_normalize="fixed",
                           target_range=TARGET_RANGE, on_unmatched="warn")
+    check_patch_fits(pairs, args.patch, "input")
     train, val, val_files = split_by_file(pairs, args.val_fraction, args.seed)
     if val is None:
         print("warning: a single input file; validating on training patches", flush=True)

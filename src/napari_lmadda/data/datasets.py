@@ -424,7 +424,8 @@ class ArrayDataset(PlaneDataset):
         return None
 
     def _load(self, index: int) -> np.ndarray:
-        plane = np.asarray(self._planes[index], dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: +-Inf, repaired (and warned) below
+            plane = np.asarray(self._planes[index], dtype=np.float32)
         return sanitize_plane(plane, self.name(index))
 
     def __repr__(self) -> str:

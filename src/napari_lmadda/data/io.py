@@ -302,6 +302,8 @@ def _series_info(tif: Any, index: int, as_grey: bool, file_size: int, path: Path
     series = tif.series[index]
     shape = tuple(int(n) for n in series.shape)
     axes = str(series.axes)
+    if len(set(axes)) != len(axes) or len(axes) != len(shape):
+        raise ImageReadError(f"'{path}': series {index} has inconsistent axes '{axes}'")
     if "Y" not in axes or "X" not in axes:
         raise ImageReadError(f"'{path}': series {index} with axes '{axes}' is not an image")
     if np.dtype(series.dtype).kind not in "biuf":
@@ -338,6 +340,15 @@ def _series_info(tif: Any, index: int, as_grey: bool, file_size: int, path: Path
             if lo and max(o + c for o, c in zip(lo, lc)) > file_size:
                 raise ImageReadError(
                     f"'{path}' is truncated (pixel data past the end of the file)"
+                )
+        # uncompressed pixels take at least one bit per sample: a header promising more
+        # pixels than the file holds is damaged (and would make the decoder allocate them)
+        if int(page.compression) == 1 and counts:
+            bits = int(getattr(page, "bitspersample", 1) or 1)
+            if math.prod(page.shape) * bits > 8 * sum(counts):
+                raise ImageReadError(
+                    f"'{path}' is damaged: its header promises {'x'.join(map(str, page.shape))}"
+                    f" pixels but holds {sum(counts)} bytes of pixel data"
                 )
     except ImageReadError:
         raise
@@ -385,9 +396,18 @@ def _open_tiff(path: Path) -> Any:
     import tifffile
 
     try:
-        return tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many kinds (TiffFileError, ValueError, ...)
         raise ImageReadError(f"'{path}' is not a readable TIFF file ({_why(exc)})") from exc
+    try:
+        # Index the whole page chain now: tifffile stops at loops and bad offsets here, while
+        # building series from a chain not yet indexed can walk a damaged file for minutes
+        # (seen with a 1 kB fuzzed file).
+        len(tif.pages)
+    except Exception as exc:
+        tif.close()
+        raise ImageReadError(f"'{path}' is not a readable TIFF file ({_why(exc)})") from exc
+    return tif
 
 
 def _why(exc: BaseException) -> str:
@@ -453,9 +473,11 @@ def _probe_pil(path: Path, as_grey: bool) -> ImageInfo:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            mode, (width, height) = img.mode, img.size
-            img.verify()  # PNG: checks every chunk's CRC (catches truncation) without decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's (corrupt EXIF, ...), as when decoding
+            with open(path, "rb") as fh, Image.open(fh) as img:
+                mode, (width, height) = img.mode, img.size
+                img.verify()  # PNG: checks every chunk's CRC (catches truncation), no decoding
     except Exception as exc:
         raise ImageReadError(f"'{path}' is not a readable image ({_why(exc)})") from exc
     if mode.startswith("I;16"):
@@ -496,11 +518,14 @@ def _decode_pil(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     try:
-        with warnings.catch_warnings():
+        # our own file object: imageio leaves the files it opens itself unclosed when a
+        # damaged file makes it fail (a ResourceWarning per file in a long batch)
+        with open(path, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = np.asarray(iio.imread(path))
+            arr = np.asarray(iio.imread(fh, extension=path.suffix.lower()))
     except Exception as exc:
-        raise ImageReadError(f"'{path}' is not a readable image ({_why(exc)})") from exc
+        why = "not a recognised image format" if "backend" in str(exc) else _why(exc)
+        raise ImageReadError(f"'{path}' is not a readable image ({why})") from exc
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise ImageReadError(f"'{path}' decodes to an unsupported shape {arr.shape}")
     return arr
@@ -533,10 +558,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         tif = _open_tiff(path)
         with tif:
             try:
-                arr = tif.series[0].asarray()
+                return tif.series[0].asarray().reshape(info.shape)
             except Exception as exc:
                 raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
-        return arr.reshape(info.shape)
     if suffix in IMAGE_SUFFIXES:
         return _decode_pil(path)
     raise ImageReadError(f"'{path}' has an unsupported suffix (supported: {_SUFFIX_TEXT})")
@@ -554,15 +578,20 @@ def _to_pages(arr: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _page_to_planes(page: np.ndarray, series: SeriesInfo, as_grey: bool) -> list[np.ndarray]:
-    """Turn one ``(Y, X, S)`` page into its float32 planes."""
-    if series.colour and as_grey:
-        rgb = page[..., :3]
-        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-        if np.array_equal(r, g) and np.array_equal(r, b):
-            return [r.astype(np.float32)]
-        grey = rgb.astype(np.float64) @ _LUMA
-        return [grey.astype(np.float32)]
-    return [page[..., c].astype(np.float32) for c in series.channels]
+    """Turn one ``(Y, X, S)`` page into its float32 planes.
+
+    float64 values beyond the float32 range become +-Inf here, and are then repaired by
+    :func:`sanitize_plane` (with an :class:`ImageWarning`) like any non-finite pixel.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if series.colour and as_grey:
+            rgb = page[..., :3]
+            r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+            if np.array_equal(r, g) and np.array_equal(r, b):
+                return [r.astype(np.float32)]
+            grey = rgb.astype(np.float64) @ _LUMA
+            return [grey.astype(np.float32)]
+        return [page[..., c].astype(np.float32) for c in series.channels]
 
 
 def _read_series_page(tif: Any, series: SeriesInfo, page_index: int, path: Path) -> np.ndarray:
@@ -889,12 +918,16 @@ def write_tiff(
             f"cannot write '{path}': metadata is not JSON-serialisable ({exc})"
         ) from exc
 
+    # explicit axes: otherwise tifffile drops trailing length-1 axes and a stack of
+    # (H, 1) planes reads back as one plane
+    axes = "Q" * (arr.ndim - 2) + "YX"
+
     def _write(tmp: Path) -> None:
         tifffile.imwrite(
             tmp,
             arr,
             photometric="minisblack",
-            metadata={"lmadda": meta},
+            metadata={"axes": axes, "lmadda": meta},
             compression=compression,
         )
 

@@ -33,6 +33,8 @@ DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
 NETWORK_RANGE: tuple[float, float] = (-1.0, 1.0)
 
 _F32_MAX = float(np.finfo(np.float32).max)
+# elements converted to float64 at a time: bounds the temporaries of large images
+_CHUNK = 1 << 20
 
 
 class NormalizationWarning(UserWarning):
@@ -101,12 +103,28 @@ def apply_normalization(img: np.ndarray, params: NormParams) -> np.ndarray:
     -------
     numpy.ndarray
         ``float32``, same shape; NaN stays NaN, values beyond the float32 range saturate.
+        Computed in float64 a chunk at a time, so a large image needs little more memory
+        than its ``float32`` result.
     """
-    x = np.asarray(img, dtype=np.float64)
-    out = 2.0 * (x - params.lo) / (params.hi - params.lo) - 1.0
-    with np.errstate(invalid="ignore"):
-        out = np.clip(out, -_F32_MAX, _F32_MAX)  # only guards float32 overflow to inf
-    return out.astype(np.float32)
+    x = np.asarray(img)
+    out = np.empty(x.shape, np.float32)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    lo, scale = params.lo, params.hi - params.lo
+    half = not np.isfinite(scale)  # lo and hi near +-1.8e308: work with halves, no overflow
+    if half:
+        lo, scale = 0.5 * params.lo, 0.5 * params.hi - 0.5 * params.lo
+    for start in range(0, flat_in.size, _CHUNK):
+        t = flat_in[start : start + _CHUNK].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if half:
+                t *= 0.5
+            t -= lo  # same operations, in the same order, as 2 * (x - lo) / scale - 1
+            t *= 2.0
+            t /= scale
+            t -= 1.0
+            np.clip(t, -_F32_MAX, _F32_MAX, out=t)  # only guards float32 overflow to inf
+        flat_out[start : start + _CHUNK] = t
+    return out
 
 
 def percentile_normalize(
@@ -125,8 +143,9 @@ def percentile_normalize(
     magnitude, or absolutely below magnitude 1) -- e.g. a dark image with a few bright
     spots -- ``hi`` falls back to the maximum finite pixel (or, for a bright image with a few
     dark pixels, ``lo`` to the minimum). If no pixel differs the image is constant: ``hi``
-    is set to ``lo + 1``, the output is all -1 and a :class:`NormalizationWarning` is
-    emitted. Nothing is ever divided by zero.
+    is set to ``lo + 1`` (``lo + eps * |lo|`` for huge values, where ``lo + 1 == lo``), the
+    output is all -1 and a :class:`NormalizationWarning` is emitted. Nothing is ever
+    divided by zero.
 
     Parameters
     ----------
@@ -153,12 +172,19 @@ def percentile_normalize(
     x = np.asarray(img)
     if x.dtype.kind not in "biuf":
         raise ConfigError(f"cannot normalise an array of dtype {x.dtype}")
-    x = x.astype(np.float64, copy=False)
-    finite = x[np.isfinite(x)]
+    if x.dtype.kind == "f":
+        mask = np.isfinite(x)
+        finite = x.reshape(-1) if mask.all() else x[mask]
+        del mask
+    else:
+        finite = x.reshape(-1)
+    finite = finite.astype(np.float64)  # a copy that np.percentile may reorder in place
     if finite.size == 0:
         lo = hi = 0.0
     else:
-        lo, hi = (float(v) for v in np.percentile(finite, [p_low, p_high]))
+        lo, hi = (
+            float(v) for v in np.percentile(finite, [p_low, p_high], overwrite_input=True)
+        )
     tol = eps * max(1.0, abs(lo), abs(hi))
     if hi - lo < tol and finite.size:
         if float(finite.max()) - lo >= tol:  # dark image with a few bright pixels
@@ -171,7 +197,8 @@ def percentile_normalize(
             NormalizationWarning,
             stacklevel=2,
         )
-        hi = lo + 1.0
+        hi = lo + max(1.0, tol)  # lo + 1 == lo for |lo| >= 2**53
+    del finite
     params = NormParams(lo=lo, hi=hi, p_low=float(p_low), p_high=float(p_high))
     return apply_normalization(x, params), params
 

@@ -15,8 +15,11 @@ Layout::
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, LmaddaError
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
 from .unet import UNetConfig, UNetGenerator
 
@@ -63,14 +66,27 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     -------
     Path
         The destination path.
+
+    Raises
+    ------
+    CheckpointError
+        The folder does not exist.
+    OutputWriteError
+        The folder is not writable or the disk is full; ``path`` is left as it was.
     """
     from ..data.io import atomic_write
+
+    def _write(tmp: Path) -> None:
+        # a Python file object: a full disk raises OSError (torch's own writer raises a
+        # RuntimeError), which atomic_write turns into OutputWriteError
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
 
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot save '{path}': folder '{folder}' does not exist")
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
+    return atomic_write(path, _write, overwrite=True)
 
 
 def save_model(
@@ -145,23 +161,96 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch.save's legacy (pre-1.6) format starts with a protocol-2 pickle of this magic number
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_FILE_KINDS = (
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89HDF", "an HDF5 file (a Keras/TensorFlow model?)"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+
+
+def _one_line(text: object, limit: int = 160) -> str:
+    """Return the first non-empty line of a (torch) message, shortened."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _describe_bytes(head: bytes) -> str:
+    """Say what a file that is not a PyTorch file looks like, from its first bytes."""
+    for magic, what in _FILE_KINDS:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data starting with {head[:8]!r}"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"text starting with {' '.join(text[:24].split())!r}"
+    return f"data starting with {head[:8]!r}"
+
+
+def _refused(path: Path, exc: Exception) -> CheckpointError:
+    """Return the error for a pickle that the weights-only unpickler refused (nothing ran)."""
+    msg = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"[Uu]nsupported class ([\w.]+)", msg)
+    what = f"a Python object ({found.group(1)})" if found else "Python objects"
+    return CheckpointError(
+        f"refused to load '{path}': it holds {what} other than weights and plain containers, "
+        "which could run code when unpickled; nothing was executed"
+    )
+
+
 def _torch_load(path: Path) -> Any:
+    """Run ``torch.load(weights_only=True)`` with one-line errors saying what the file is."""
     if not path.exists():
         raise CheckpointError(f"model file '{path}' does not exist")
     if path.is_dir():
         raise CheckpointError(f"'{path}' is a folder, not a model file")
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read model file '{path}': {exc.strerror or exc}") from None
+    if size == 0:
         raise CheckpointError(f"model file '{path}' is empty (0 bytes)")
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except Exception:  # BadZipFile, EOFError, NotImplementedError (odd versions), ...
+            raise CheckpointError(
+                f"'{path}' is a truncated or damaged PyTorch file ({size} bytes; its zip "
+                "directory is missing or corrupt)"
+            ) from None
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            raise CheckpointError(
+                f"'{path}' is a zip archive but not a PyTorch model file (no data.pkl among "
+                f"its {len(names)} entries)"
+            )
+    elif not head.startswith(_LEGACY_MAGIC):
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            raise CheckpointError(
+                f"refused to load '{path}': it is a plain Python pickle, not a PyTorch model "
+                "file (unpickling it could run code); nothing was executed"
+            )
+        raise CheckpointError(
+            f"'{path}' is not a PyTorch model file: it looks like {_describe_bytes(head)}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        raise _refused(path, exc) from None
+    except Exception as exc:  # torch raises many types for damaged files
+        reason = _one_line(exc) or type(exc).__name__
         raise CheckpointError(
-            f"refused to load '{path}': it contains Python objects other than weights "
-            f"(only plain tensors and containers are accepted; nothing was executed): {exc}"
-        ) from None
-    except Exception as exc:  # torch raises many types for foreign or damaged files
-        raise CheckpointError(
-            f"'{path}' is not a readable PyTorch model file (truncated or corrupt?): {exc}"
+            f"'{path}' is a truncated or damaged PyTorch file ({size} bytes): {reason}"
         ) from None
 
 
@@ -190,19 +279,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
     path = Path(path)
     obj = _torch_load(path)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        version = obj.get("format_version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointError(
                 f"'{path}' was written by a newer napari-lmadda (format version "
                 f"{obj.get('format_version')}); this version reads up to {FORMAT_VERSION}"
             )
         try:
-            cfg = UNetConfig.from_dict(obj["arch"])
+            cfg = UNetConfig.from_dict(dict(obj["arch"]))
             sd = dict(obj["state_dict"])
-        except (KeyError, TypeError) as exc:
+            meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise CheckpointError(
-                f"'{path}' is a napari-lmadda model file with a damaged header: {exc}"
+                f"'{path}' is a napari-lmadda model file with a damaged header "
+                f"({type(exc).__name__}: {_one_line(exc)})"
             ) from None
-        meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
+        if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(
+                f"'{path}' is a napari-lmadda model file whose weights are not all tensors"
+            )
     elif isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if not is_pix2pix_state_dict(obj):
             keys = ", ".join(list(obj)[:3]) or "no keys"
@@ -210,8 +305,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
                 f"'{path}' holds a state dict that is neither a napari-lmadda model nor a pix2pix "
                 f"UnetGenerator (expected keys like 'model.model.0.weight'; found {keys})"
             )
-        cfg = detect_pix2pix_config(obj)
-        sd = pix2pix_to_flat(obj, cfg)
+        try:
+            cfg = detect_pix2pix_config(obj)
+            sd = pix2pix_to_flat(obj, cfg)
+        except (LmaddaError, KeyError, ValueError, IndexError, TypeError) as exc:
+            raise CheckpointError(
+                f"'{path}' looks like a pix2pix state dict but cannot be read: {_one_line(exc)}"
+            ) from None
         meta = {
             **DEFAULT_META,
             "provenance": {"source": "pix2pix latest_net_G.pth", "file": path.name},
@@ -221,6 +321,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
             f"'{path}' is not a model file: expected a napari-lmadda model or a pix2pix state "
             f"dict, found a {type(obj).__name__}"
         )
+    _check_meta(meta, cfg, path)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     return cfg, sd, meta
 
@@ -256,18 +357,89 @@ def load_model(
 
         path = demo_model_path()
     cfg, sd, meta = read_checkpoint(path)
+    _check_fits(cfg, sd, path)  # before allocating: a file may declare a huge network
     model = UNetGenerator(cfg)
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as exc:  # tensor shapes that do not fit the declared architecture
-        raise CheckpointError(
-            f"'{path}' does not fit the architecture it declares: {exc}"
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"'{path}' does not fit the architecture it declares ({cfg}): "
-            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
-        )
+    model.load_state_dict(sd, strict=True)
     model.meta = meta
     model.to(resolve_device(device) if isinstance(device, str) else device)
     return model.eval() if eval_mode else model
+
+
+def _arch_text(cfg: UNetConfig) -> str:
+    return (
+        f"UNet with {cfg.num_downs} down blocks, ngf {cfg.ngf}, {cfg.in_channels} input and "
+        f"{cfg.out_channels} output channel(s), norm {cfg.norm}"
+    )
+
+
+def _check_fits(cfg: UNetConfig, sd: Mapping[str, torch.Tensor], path: Any) -> None:
+    """Compare the weights with the declared architecture built on the meta device (no memory).
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unexpected or wrongly shaped tensors, in one line naming the first of each.
+    """
+    with torch.device("meta"):
+        skeleton = UNetGenerator(cfg)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    complex_ = [k for k in expected if k in sd and sd[k].is_complex()]
+    if complex_:
+        raise CheckpointError(f"'{path}' holds complex numbers in '{complex_[0]}', not weights")
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(
+            f"{len(wrong)} tensor(s) of the wrong shape, e.g. '{k}' is {tuple(sd[k].shape)} "
+            f"where {expected[k]} is expected"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. '{missing[0]}'")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. '{unexpected[0]}'")
+    raise CheckpointError(
+        f"'{path}' does not fit the architecture it declares ({_arch_text(cfg)}): "
+        + "; ".join(parts)
+    )
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """Return ``value`` as two finite floats, or None if it is not that."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
+    """Refuse metadata that prediction would trip over later (damaged or crafted files)."""
+    pct = _pair(meta.get("input_percentiles"))
+    if pct is None or not 0 <= pct[0] < pct[1] <= 100:
+        raise CheckpointError(
+            f"'{path}' has invalid input percentiles {meta.get('input_percentiles')!r} "
+            "(expected two numbers 0 <= low < high <= 100)"
+        )
+    rng = _pair(meta.get("target_range"))
+    if rng is None or rng[0] == rng[1]:
+        raise CheckpointError(
+            f"'{path}' has an invalid target range {meta.get('target_range')!r} "
+            "(expected two different numbers)"
+        )
+    names = meta.get("channel_names")
+    if names is not None and (
+        not isinstance(names, list | tuple)
+        or len(names) != cfg.out_channels
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(
+            f"'{path}' has invalid channel names {names!r} (expected {cfg.out_channels} names)"
+        )
+    if not isinstance(meta.get("provenance"), dict):
+        meta["provenance"] = {}
+    meta["input_percentiles"], meta["target_range"] = list(pct), list(rng)

@@ -1,0 +1,233 @@
+"""Validation of the label-free layer recommendation on the synthetic shifts (not a test).
+
+For a source model (default: the bundled demo model) and the synthetic shifts of
+``benchmarks/quality.py`` (bright field, overexposure 1.5x, scale 2x; same fields: source
+seed 11, target seed 12, 48 fields of 256 px), this computes the recommended layer
+(:func:`napari_lmadda.recommend.recommend_layer`) and, when per-layer Pearson results exist,
+asks the question of issue 6: is the recommended layer's Pearson within 0.02 of the best
+layer's?
+
+Per-layer Pearson comes from
+
+* ``--sweep SHIFT=PATH``: a ``sweep.json`` written by ``lmadda sweep`` for that shift
+  (median over seeds from its table, averaged over the channels), and/or
+* ``--runs PATH``: ``benchmarks/results/quality/runs.jsonl`` of the quality benchmark.
+
+``--uncertainty-layers`` also runs the SIT-ADDA-Auto selector: LM-ADDA at each listed depth
+for each of ``--uncertainty-seeds`` (``--steps`` steps), the seeds' models as an ensemble,
+and the depth with the lowest predictive uncertainty on target patches (shallowest within
+5 %); with the synthetic ground truth the chosen depth's Pearson is measured too. That part
+adapts models, so it is off by default (it costs a sweep over the listed depths).
+
+    python benchmarks/recommend_validation.py                       # recommendations only
+    python benchmarks/recommend_validation.py --runs benchmarks/results/quality/runs.jsonl
+    python benchmarks/recommend_validation.py --sweep overexpose=runs/oe/sweep.json
+
+Prints a table and writes ``benchmarks/results/recommend/validation.{md,json}`` and one
+``<shift>.png`` per shift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_lmadda.data.synthetic import make_domain
+from napari_lmadda.models import load_model
+from napari_lmadda.recommend import (
+    format_recommendation_table,
+    plot_recommendation,
+    recommend_layer,
+    select_layer_by_uncertainty,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "recommend"
+# the shifts and fields of benchmarks/quality.py, so the results can be joined
+SHIFTS = {
+    "brightfield": {"modality": "brightfield"},
+    "overexpose": {"shift": "overexpose", "magnitude": 1.5},
+    "scale": {"shift": "scale", "magnitude": 2.0},
+}
+SOURCE_SEED, TARGET_SEED, TEST_SEED = 11, 12, 13
+TOLERANCE = 0.02
+
+
+def pearson_from_sweep(path: Path) -> tuple[dict[int, float], float]:
+    """Layer -> Pearson (median over seeds, mean over channels) and the no-adaptation value."""
+    doc = json.loads(Path(path).read_text())
+    per_layer, none = {}, math.nan
+    for row in doc.get("table", []):
+        vals = [c["median"] for c in row.get("pearson", {}).values()
+                if c.get("median") is not None]
+        if not vals:
+            continue
+        if row["method"] == "lmadda" and row["layer"] is not None:
+            per_layer[int(row["layer"])] = float(np.mean(vals))
+        elif row["method"] == "none":
+            none = float(np.mean(vals))
+    return per_layer, none
+
+
+def pearson_from_runs(path: Path, shift: str, tag: str = "") -> tuple[dict[int, float], float]:
+    """The same from the quality benchmark's ``runs.jsonl`` (median over seeds)."""
+    groups: dict[int | None, list[float]] = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if r["shift"] != shift or r.get("tag", "") != tag or not r.get("pearson"):
+            continue
+        if r["method"] not in ("lmadda", "none"):
+            continue
+        vals = [v for v in r["pearson"].values() if v is not None]
+        if vals:
+            groups.setdefault(r["layer"] if r["method"] == "lmadda" else None, []).append(
+                float(np.mean(vals)))
+    none = statistics.median(groups.pop(None)) if None in groups else math.nan
+    return {int(k): statistics.median(v) for k, v in groups.items()}, none
+
+
+def uncertainty_selection(model, source, target, test, layers, seeds, steps, patch):
+    """SIT-ADDA-Auto: adapt at each depth per seed, pick by ensemble uncertainty."""
+    from napari_lmadda.adapt.config import AdaptConfig
+    from napari_lmadda.adapt.engine import adapt
+    from napari_lmadda.data.normalize import percentile_normalize
+    from napari_lmadda.sweep import EvalSet, pearson_per_channel
+
+    ensembles, pearson = {}, {}
+    truths = [np.stack([test["dapi"][i], test["cd29"][i]])[: model.config.out_channels]
+              for i in range(len(test["input"]))]
+    names = (model.meta.get("channel_names") or ["c0", "c1"])[: model.config.out_channels]
+    ev = EvalSet(list(test["input"]), truths, [f"t{i}" for i in range(len(truths))], names)
+    for layer in layers:
+        models = []
+        for seed in seeds:
+            cfg = AdaptConfig(steps=steps, seed=seed, device="cpu", patch_size=patch,
+                              eval_every=max(1, steps // 4), eval_patches=8)
+            models.append(adapt(model, source, target, method="lmadda", layers=layer,
+                                config=cfg).model.eval())
+        ensembles[layer] = models
+        pearson[layer] = float(np.mean([np.mean(list(pearson_per_channel(m, ev).values()))
+                                        for m in models]))
+    rng = np.random.default_rng(0)
+    crops = []
+    for img in target[:16]:
+        y = rng.integers(0, img.shape[0] - patch + 1)
+        x = rng.integers(0, img.shape[1] - patch + 1)
+        crops.append(percentile_normalize(img, 1.0, 99.8)[0][y : y + patch, x : x + patch])
+    chosen, scores = select_layer_by_uncertainty(ensembles, np.stack(crops))
+    return chosen, scores, pearson
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="demo", help="source model file (demo)")
+    p.add_argument("--shifts", default=",".join(SHIFTS), help="shifts to validate")
+    p.add_argument("--n-images", type=int, default=48, help="unlabeled fields per domain (48)")
+    p.add_argument("--size", type=int, default=256, help="field side (256)")
+    p.add_argument("--patches", type=int, default=32)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--probe-steps", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", action="append", default=[], metavar="SHIFT=PATH",
+                   help="sweep.json of `lmadda sweep` for a shift (repeatable)")
+    p.add_argument("--runs", type=Path, default=None, help="runs.jsonl of benchmarks/quality.py")
+    p.add_argument("--tag", default="", help="tag of the runs.jsonl rows to use ('')")
+    p.add_argument("--uncertainty-layers", default="",
+                   help="depths for the SIT-ADDA-Auto selector, e.g. 1,2,3 (off)")
+    p.add_argument("--uncertainty-seeds", default="0,1", help="ensemble seeds (0,1)")
+    p.add_argument("--steps", type=int, default=300, help="LM-ADDA steps per depth (300)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    sweeps = dict(s.split("=", 1) for s in args.sweep)
+    unc_layers = [int(v) for v in args.uncertainty_layers.split(",") if v]
+    unc_seeds = [int(v) for v in args.uncertainty_seeds.split(",") if v]
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = make_domain(args.n_images, modality="phase", size=args.size,
+                         seed=SOURCE_SEED)["input"]
+    results = []
+    for shift in [s for s in args.shifts.split(",") if s]:
+        kw = SHIFTS[shift]
+        target = make_domain(args.n_images, size=args.size, seed=TARGET_SEED, **kw)["input"]
+        t0 = time.perf_counter()
+        rec = recommend_layer(model, source, target, n_patches=args.patches,
+                              patch_size=args.patch, probe_steps=args.probe_steps,
+                              device="cpu", seed=args.seed)
+        secs = time.perf_counter() - t0
+        print(f"\n=== {shift} ({secs:.0f} s)\n{format_recommendation_table(rec)}\n"
+              f"{rec.summary()}\nreason: {rec.reason}", flush=True)
+        plot_recommendation(rec, args.out / f"{shift}.png", title=f"source -> {shift}")
+        per_layer, none = {}, math.nan
+        if shift in sweeps:
+            per_layer, none = pearson_from_sweep(Path(sweeps[shift]))
+        elif args.runs is not None and args.runs.exists():
+            per_layer, none = pearson_from_runs(args.runs, shift, args.tag)
+        row = {"shift": shift, "recommended": rec.layer, "confidence": rec.confidence,
+               "p_value": rec.p_value, "seconds": secs, "reason": rec.reason,
+               "pearson_by_layer": per_layer, "pearson_none": none}
+        if per_layer:
+            best = max(per_layer, key=per_layer.get)
+            rec_p = per_layer.get(rec.layer, none if rec.layer is None else math.nan)
+            # None: the recommended layer (or "none") was not run in the sweep
+            within = (bool(rec_p >= per_layer[best] - TOLERANCE) if math.isfinite(rec_p)
+                      else None)
+            row |= {"best_layer": best, "pearson_best": per_layer[best],
+                    "pearson_recommended": rec_p, "within_tolerance": within,
+                    "layers_measured": sorted(per_layer)}
+        if unc_layers:
+            test = make_domain(8, size=args.size, seed=TEST_SEED, **kw)
+            chosen, scores, pear = uncertainty_selection(
+                model, source, target, test, unc_layers, unc_seeds, args.steps, args.patch)
+            row |= {"uncertainty_layer": chosen, "uncertainty_scores": scores,
+                    "uncertainty_pearson": pear}
+            print(f"SIT-ADDA-Auto: depth {chosen}; uncertainty {scores}; Pearson {pear}")
+        results.append(row)
+    write_report(results, args)
+
+
+def _f(v, fmt=".3f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def write_report(results: list[dict], args: argparse.Namespace) -> None:
+    header = ("| shift | recommended | confidence | p | best layer (Pearson) | "
+              "recommended's Pearson | within 0.02 | uncertainty pick (Pearson) |")
+    lines = ["<!-- generated by benchmarks/recommend_validation.py -->",
+             f"model: `{args.model}`; {args.n_images} fields of {args.size} px per domain; "
+             f"{args.patches} patches of {args.patch} px; probe {args.probe_steps} steps", "",
+             header, "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rec = "none needed" if r["recommended"] is None else str(r["recommended"])
+        best = (f"{r['best_layer']} ({_f(r['pearson_best'])})" if "best_layer" in r else "-")
+        within = {True: "yes", False: "**no**"}.get(r.get("within_tolerance"), "-")
+        if "best_layer" in r and r.get("within_tolerance") is None:
+            within = f"not measured (layers {r['layers_measured']})"
+        unc = "-"
+        if "uncertainty_layer" in r:
+            u = r["uncertainty_layer"]
+            unc = f"{u} ({_f(r['uncertainty_pearson'].get(u))})"
+        lines.append(f"| {r['shift']} | {rec} | {r['confidence']:.2f} | {_f(r['p_value'], '.2g')}"
+                     f" | {best} | {_f(r.get('pearson_recommended'))} | {within} | {unc} |")
+    judged = [r["within_tolerance"] for r in results if r.get("within_tolerance") is not None]
+    if judged:
+        lines += ["", f"recommended layer within {TOLERANCE} of the best: "
+                  f"{sum(judged)} of {len(judged)} shifts"]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    (args.out / "validation.md").write_text(text)
+    safe = json.loads(json.dumps(results, default=float).replace("NaN", "null"))
+    (args.out / "validation.json").write_text(json.dumps(safe, indent=2) + "\n")
+    print(f"wrote {args.out / 'validation.md'} and validation.json")
+
+
+if __name__ == "__main__":
+    main()
