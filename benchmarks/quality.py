@@ -33,6 +33,7 @@ import torch
 
 from napari_lmadda.adapt.config import AdaptConfig
 from napari_lmadda.data.synthetic import make_domain
+from napari_lmadda.jsonsafe import json_safe
 from napari_lmadda.models import UNetConfig, load_model
 from napari_lmadda.sweep import EvalSet, iter_sweep, pearson_per_channel
 
@@ -118,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             }
             row["config"]["trainable"] = None
             with runs_path.open("a") as fh:
-                fh.write(json.dumps(_safe(row)) + "\n")
+                fh.write(json.dumps(json_safe(row)) + "\n")
             print(
                 f"{args.shift:11s} {run.label:10s} seed {seed}: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in run.pearson.items())
@@ -126,16 +127,6 @@ def cmd_run(args: argparse.Namespace) -> None:
                 f"total {time.time() - t0:.0f} s)",
                 flush=True,
             )
-
-
-def _safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_safe(v) for v in obj]
-    return obj
 
 
 def cmd_oracle(args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures of the plugin tests: CPU only, and a tiny model file."""
+"""Shared fixtures: CPU only, one torch thread, and a tiny model file."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ import pytest
 @pytest.fixture(autouse=True)
 def _force_cpu(monkeypatch):
     monkeypatch.setenv("LMADDA_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a thread pool; one thread avoids oversubscription."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

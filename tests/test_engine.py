@@ -18,13 +18,6 @@ from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, sav
 NUM_DOWNS = 5  # 10 layers; patches of 32 px
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def domains():

@@ -31,13 +31,6 @@ from napari_lmadda.uncertainty import (
 QUICK = {"patch_size": 64, "n_patches": 16, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model():

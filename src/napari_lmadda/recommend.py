@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, LmaddaError
+from .jsonsafe import json_safe
 
 __all__ = [
     "MEASURES",
@@ -221,7 +222,7 @@ class LayerRecommendation:
             "settings": self.settings,
             "rows": [asdict(r) for r in self.rows],
         }
-        return _json_safe(doc)
+        return json_safe(doc)
 
 
 # ------------------------------------------------------------------ measurement
@@ -814,16 +815,6 @@ def write_recommendation(rec: LayerRecommendation, out_dir: str | Path, *,
                                   overwrite=True)}
     paths["png"] = plot_recommendation(rec, out / "recommend.png", title=title)
     return paths
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------ SIT-ADDA-Auto selector

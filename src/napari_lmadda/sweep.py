@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, EmptyFolderError
+from .jsonsafe import json_safe
 
 __all__ = [
     "BASELINES",
@@ -473,16 +474,6 @@ def plot_sweep(runs: Sequence[SweepRun], path: str | os.PathLike, *,
     return atomic_write(path, lambda p: p.write_bytes(buf.getvalue()), overwrite=True)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def write_sweep(runs: Sequence[SweepRun], out_dir: str | os.PathLike, *,
                 settings: dict[str, Any] | None = None, overwrite: bool = False,
                 title: str | None = None) -> dict[str, Path]:
@@ -500,7 +491,7 @@ def write_sweep(runs: Sequence[SweepRun], out_dir: str | os.PathLike, *,
     channels = list(dict.fromkeys(c for r in runs for c in r.pearson))
     doc = {"settings": settings or {}, "runs": [r.to_dict() for r in runs],
            "table": summarize_runs(runs)}
-    text = json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n"
     paths = {"json": atomic_write(out / "sweep.json",
                                   lambda p: p.write_text(text, encoding="utf-8"),
                                   overwrite=overwrite)}
