@@ -156,7 +156,9 @@ def test_evaluate_errors(tmp_path):
     pred, truth = _folders(tmp_path)
     tifffile.imwrite(pred / "f1.tiff", np.zeros((10, 10), np.float32))
     with pytest.raises(ImageReadError, match=r"f1\.tiff.*f1\.tif"):
-        m.evaluate_folders(pred, truth)
+        m.evaluate_folders(pred, truth, stop_on_error=True)
+    with pytest.warns(UserWarning, match="skipped 'f1'"):  # default: skip, keep going
+        assert [s["name"] for s in m.evaluate_folders(pred, truth)["skipped"]] == ["f1"]
     other = tmp_path / "other"
     other.mkdir()
     tifffile.imwrite(other / "zzz.tif", np.zeros((4, 4), np.float32))
@@ -201,3 +203,25 @@ def test_cli_evaluate_missing_folder(tmp_path, capsys):
     code = main(["evaluate", "--pred", str(tmp_path / "nope"), "--truth", str(tmp_path)])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_evaluate_skips_an_unreadable_pair_unless_told_to_stop(tmp_path):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        img = rng.random((16, 16)).astype(np.float32)
+        tifffile.imwrite(pred / f"{name}.tif", img)
+        tifffile.imwrite(truth / f"{name}.tif", img * 2)
+    (pred / "c.tif").write_bytes(b"not a tiff at all")
+    tifffile.imwrite(truth / "c.tif", np.zeros((16, 16), np.float32))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        result = m.evaluate_folders(pred, truth, metrics=("pearson",))
+    assert [s["name"] for s in result["skipped"]] == ["c"]
+    assert result["summary"]["pearson"]["mean"] == pytest.approx(1.0)
+    with pytest.raises(ImageReadError):
+        m.evaluate_folders(pred, truth, metrics=("pearson",), stop_on_error=True)
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 1
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--stop-on-error"]) == 2

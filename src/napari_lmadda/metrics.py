@@ -310,6 +310,7 @@ def evaluate_folders(
     metrics: Sequence[str] = AVAILABLE_METRICS,
     threshold: float | None = None,
     normalize: str | None = None,
+    stop_on_error: bool = False,
 ) -> dict[str, Any]:
     """Compare every prediction file with the ground-truth file of the same name.
 
@@ -338,6 +339,9 @@ def evaluate_folders(
         Foreground threshold for Dice/Jaccard.
     normalize : {None, 'percentile'}
         Intensity normalisation before SSIM/PSNR.
+    stop_on_error : bool
+        Raise on the first unreadable or mismatched pair; by default such a pair is skipped
+        with an :class:`~napari_lmadda.data.io.ImageWarning` and listed in ``skipped``.
 
     Returns
     -------
@@ -355,6 +359,9 @@ def evaluate_folders(
     from .data.datasets import _few, _stem_map
     from .data.io import list_images, read_planes
     from .data.normalize import percentile_normalize
+    import warnings
+
+    from .data.io import ImageWarning
     from .errors import EmptyFolderError
 
     unknown = [m for m in metrics if m not in AVAILABLE_METRICS]
@@ -376,23 +383,34 @@ def evaluate_folders(
     preds: list[np.ndarray] = []
     truths: list[np.ndarray] = []
     mask_like = True
+    skipped: list[tuple[str, str]] = []
     for stem in common:
         pp, tp = pred_map[stem], truth_map[stem]
-        p_planes, t_planes = read_planes(pp), read_planes(tp)
-        if len(p_planes) != len(t_planes) or any(
-            a.shape != b.shape for a, b in zip(p_planes, t_planes)
-        ):
-            raise ImageReadError(
-                f"prediction '{pp}' ({len(p_planes)} plane(s) of {p_planes[0].shape}) and "
-                f"truth '{tp}' ({len(t_planes)} plane(s) of {t_planes[0].shape}) differ "
-                f"in shape"
-            )
+        try:
+            p_planes, t_planes = read_planes(pp), read_planes(tp)
+            if len(p_planes) != len(t_planes) or any(
+                a.shape != b.shape for a, b in zip(p_planes, t_planes)
+            ):
+                raise ImageReadError(
+                    f"prediction '{pp}' ({len(p_planes)} plane(s) of {p_planes[0].shape}) and "
+                    f"truth '{tp}' ({len(t_planes)} plane(s) of {t_planes[0].shape}) differ "
+                    f"in shape"
+                )
+        except ImageReadError as exc:
+            if stop_on_error:
+                raise
+            warnings.warn(f"skipped '{stem}': {exc}", ImageWarning, stacklevel=2)
+            skipped.append((stem, str(exc)))
+            continue
         mask_like = mask_like and all(_is_mask_like(b) for b in t_planes)
         for k, (a, b) in enumerate(zip(p_planes, t_planes)):
             names.append(pp.name if len(p_planes) == 1 else f"{pp.name}[{k}]")
             preds.append(a)
             truths.append(b)
 
+    if not preds:  # every pair was skipped: report the first reason
+        more = f" (and {len(skipped) - 1} more unusable pair(s))" if len(skipped) > 1 else ""
+        raise ImageReadError(skipped[0][1] + more)
     if normalize == "percentile":
         with np.errstate(all="ignore"):
             n_preds = [percentile_normalize(a)[0] for a in preds]
@@ -440,6 +458,7 @@ def evaluate_folders(
         truth_dir=str(truth_dir),
         threshold=used_threshold,
         normalize=normalize if normalize != "none" else None,
+        skipped=[{"name": n, "reason": r} for n, r in skipped],
         unmatched={
             "pred": [p.name for s, p in pred_map.items() if s not in paired],
             "truth": [p.name for s, p in truth_map.items() if s not in paired],

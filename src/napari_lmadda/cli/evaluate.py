@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="normalise both images per image before SSIM/PSNR (default none: raw intensities)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
+    parser.add_argument("--stop-on-error", action="store_true",
+                        help="stop at the first unreadable or mismatched pair (default: skip it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         threshold=args.threshold,
         normalize=None if args.normalize == "none" else args.normalize,
+        stop_on_error=args.stop_on_error,
     )
     print(format_table(result))
+    for item in result.get("skipped", []):
+        print(f"skipped {item['name']}: {item['reason']}")
     if args.json is not None:
         text = json.dumps(result_to_json(result), indent=2, allow_nan=False)
         atomic_write(
@@ -71,4 +76,4 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         print(f"wrote {args.json}")
-    return 0
+    return 1 if result.get("skipped") else 0
