@@ -276,3 +276,23 @@ def test_bad_input_gives_exit_code_2_and_one_line(ws, capsys, case):
     assert main(argv) == 2
     assert match in one_line_error(capsys, argv[0])
     assert not (ws / "never.pt").exists()
+
+
+def test_demo_quick_runs_every_method_and_writes_its_outputs(tiny_model_path, tmp_path,
+                                                             capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--model", str(tiny_model_path), "--out", str(out),
+            "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Pearson on the new microscope" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["pearson"]) == {"none", "adabn", "adda", "lmadda L4"}
+    assert all(set(v) == {"DAPI", "CD29"} for v in res["pearson"].values())
+    assert (out / "demo.png").stat().st_size > 1000
+    assert len(list((out / "predictions" / "lmadda_L4").glob("*.tif"))) == 4
+    assert (out / "adapted_lmadda_L4.pt").exists()
+    assert main(args) == 2  # an earlier demo's results are kept
+    assert "--overwrite" in one_line_error(capsys, "demo")
+    assert main([*args, "--overwrite", "--layer", "99"]) == 2
+    assert "out of range" in one_line_error(capsys, "demo")
