@@ -356,12 +356,11 @@ def evaluate_folders(
     ImageReadError
         A file is unreadable, or a prediction and its truth differ in shape.
     """
-    from .data.datasets import _few, _stem_map
-    from .data.io import list_images, read_planes
-    from .data.normalize import percentile_normalize
     import warnings
 
-    from .data.io import ImageWarning
+    from .data.datasets import _few, _stem_map
+    from .data.io import ImageWarning, list_images, read_planes
+    from .data.normalize import percentile_normalize
     from .errors import EmptyFolderError
 
     unknown = [m for m in metrics if m not in AVAILABLE_METRICS]
