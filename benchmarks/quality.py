@@ -322,7 +322,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             ax.set_ylabel("Pearson on target test fields")
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7)
-        png = Path(args.doc_dir) / f"benchmark_{shift}.png"
+        png = Path(args.doc_dir) / f"benchmark_{shift}{('_' + args.tag) if args.tag else ''}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(png)
         md.append(f"\n![Pearson by layer matched, {shift}]({png.name})\n")

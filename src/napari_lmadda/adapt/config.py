@@ -24,7 +24,9 @@ class AdaptConfig:
     Parameters
     ----------
     steps : int
-        Training steps (one discriminator + one G' update each).
+        Training steps (one discriminator + one G' update each). On the bright-field
+        benchmark LM-ADDA at layer 10 still improved from 600 (CD29 0.743) to 1200 steps
+        (about 0.76), with the label-free criterion keeping steps 1100-1200.
     batch_size, patch_size : int
         Patches per domain per step, and their side (a multiple of ``2**num_downs``).
     lr_g, lr_d : float
@@ -73,7 +75,7 @@ class AdaptConfig:
         ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
     """
 
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 8
     patch_size: int = 128
     lr_g: float = 3e-5
