@@ -282,7 +282,7 @@ def test_demo_quick_runs_every_method_and_writes_its_outputs(tiny_model_path, tm
                                                              capsys):
     out = tmp_path / "demo"
     args = ["demo", "--quick", "--model", str(tiny_model_path), "--out", str(out),
-            "--device", "cpu"]
+            "--device", "cpu", "--layer", "4"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Pearson on the new microscope" in printed
