@@ -32,18 +32,14 @@ import numpy as np
 import torch
 
 from napari_lmadda.adapt.config import AdaptConfig
-from napari_lmadda.data.synthetic import make_domain
+from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
 from napari_lmadda.jsonsafe import json_safe
 from napari_lmadda.models import UNetConfig, load_model
 from napari_lmadda.sweep import EvalSet, iter_sweep, pearson_per_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "quality"
-SHIFTS = {
-    "brightfield": {"modality": "brightfield"},
-    "overexpose": {"shift": "overexpose", "magnitude": 1.5},
-    "scale": {"shift": "scale", "magnitude": 2.0},
-}
+SHIFTS = {k: v for k, v in PROJECT_DOMAINS.items() if k in ("brightfield", "overexpose", "scale")}
 CHANNELS = ["DAPI", "CD29"]
 N_UNLABELED, N_TEST = 48, 8
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_lmadda.data.synthetic import make_domain
+from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
 from napari_lmadda.models import load_model
 from napari_lmadda.recommend import (
     format_recommendation_table,
@@ -51,11 +51,7 @@ from napari_lmadda.recommend import (
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "recommend"
 # the shifts and fields of benchmarks/quality.py, so the results can be joined
-SHIFTS = {
-    "brightfield": {"modality": "brightfield"},
-    "overexpose": {"shift": "overexpose", "magnitude": 1.5},
-    "scale": {"shift": "scale", "magnitude": 2.0},
-}
+SHIFTS = {k: v for k, v in PROJECT_DOMAINS.items() if k in ("brightfield", "overexpose", "scale")}
 SOURCE_SEED, TARGET_SEED, TEST_SEED = 11, 12, 13
 TOLERANCE = 0.02
 

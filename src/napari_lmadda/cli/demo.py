@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.synthetic import PROJECT_DOMAINS
 from ..errors import ConfigError, OutputExistsError
 
 NAME = "demo"
@@ -27,11 +28,7 @@ HELP = (
     "--methods none,adabn,lmadda skips it."
 )
 
-SHIFTS = {
-    "brightfield": {"modality": "brightfield"},
-    "overexpose": {"shift": "overexpose", "magnitude": 1.5},
-    "scale": {"shift": "scale", "magnitude": 2.0},
-}
+SHIFTS = {k: v for k, v in PROJECT_DOMAINS.items() if k in ("brightfield", "overexpose", "scale")}
 METHODS = ("none", "adabn", "adda", "lmadda")
 
 
