@@ -242,20 +242,18 @@ def run_adversarial(
 
     # reference activations of the frozen G on the fixed source patches (for the criterion)
     eval_layers = tuple(range(top, n_layers + 1))
-    ref_src = _taps(G, eval_src, eval_layers)
+    tap_layers = tuple(sorted(set(eval_layers) | set(layers)))
+    ref_src = _taps(G, eval_src, tap_layers)  # G is frozen: computed once
 
     def evaluate(net: UNetGenerator) -> dict[str, float]:
-        tgt = _taps(net, eval_tgt, eval_layers)
+        tgt = _taps(net, eval_tgt, tap_layers)
         src_p = _taps(net, eval_src, (n_layers,))[n_layers]
         gaps = [diag_w2(ref_src[k], tgt[k]) for k in eval_layers]
         drift = float((src_p - ref_src[n_layers]).abs().mean() / (ref_src[n_layers].std() + 1e-6))
         with torch.no_grad():
-            tl = _taps(net, eval_tgt, layers)
-            sl = {k: ref_src[k] if k in ref_src else None for k in layers}
-            accs = []
-            for k in layers:
-                s = sl[k] if sl[k] is not None else _taps(G, eval_src, (k,))[k]
-                accs.append(_accuracy(cfg.gan_loss, D[str(k)](s), D[str(k)](tl[k])))
+            accs = [
+                _accuracy(cfg.gan_loss, D[str(k)](ref_src[k]), D[str(k)](tgt[k])) for k in layers
+            ]
         m = {
             "gap": float(sum(gaps) / len(gaps)) + drift,
             "tap_w2": diag_w2(ref_src[top], tgt[top]),
