@@ -118,6 +118,17 @@ def load_model_one_line(path: str | Path, device: str = "cpu") -> Any:
         raise CheckpointError((first[:297] + "...") if len(first) > 300 else first) from None
 
 
+def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model``, ``--source`` and ``--target``: what every adaptation command needs."""
+    parser.add_argument("--model", required=True, metavar="SRC.pt",
+                        help="source model file (napari-lmadda .pt, pix2pix latest_net_G.pth, "
+                             "or 'demo')")
+    parser.add_argument("--source", type=Path, required=True,
+                        help="folder of unlabeled source-microscope images")
+    parser.add_argument("--target", type=Path, required=True,
+                        help="folder of unlabeled new-microscope images")
+
+
 def _int(text: str) -> int:
     try:
         v = int(text)

@@ -24,14 +24,9 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``adapt`` to its parser."""
     from ..adapt.engine import method_names
-    from ._common import add_adapt_options
+    from ._common import add_adapt_options, add_domain_arguments
 
-    parser.add_argument("--model", required=True, metavar="SRC.pt",
-                        help="source model file (napari-lmadda .pt or pix2pix latest_net_G.pth)")
-    parser.add_argument("--source", type=Path, required=True,
-                        help="folder of unlabeled source-microscope images")
-    parser.add_argument("--target", type=Path, required=True,
-                        help="folder of unlabeled new-microscope images")
+    add_domain_arguments(parser)
     parser.add_argument("--method", choices=method_names(), default="lmadda",
                         help="adaptation method (lmadda)")
     parser.add_argument("--layer", default=None, metavar="L",

@@ -24,14 +24,9 @@ def _short(path: Path) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``recommend-layer`` to its parser."""
-    from ._common import _int
+    from ._common import _int, add_domain_arguments
 
-    parser.add_argument("--model", required=True, metavar="SRC.pt",
-                        help="source model file (or 'demo')")
-    parser.add_argument("--source", type=Path, required=True,
-                        help="folder of unlabeled source-microscope images")
-    parser.add_argument("--target", type=Path, required=True,
-                        help="folder of unlabeled new-microscope images")
+    add_domain_arguments(parser)
     parser.add_argument("--patches", type=_int, default=32,
                         help="patches per domain, at least 8 (32)")
     parser.add_argument("--patch", type=_int, default=128,

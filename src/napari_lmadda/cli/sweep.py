@@ -31,13 +31,9 @@ def _short(path: Path) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``sweep`` to its parser."""
-    from ._common import add_adapt_options
+    from ._common import add_adapt_options, add_domain_arguments
 
-    parser.add_argument("--model", required=True, metavar="SRC.pt", help="source model file")
-    parser.add_argument("--source", type=Path, required=True,
-                        help="folder of unlabeled source-microscope images")
-    parser.add_argument("--target", type=Path, required=True,
-                        help="folder of unlabeled new-microscope images")
+    add_domain_arguments(parser)
     parser.add_argument("--truth", type=Path, action="append", default=None,
                         help="ground truth of the target images: a folder with one sub-folder "
                         "per output channel (named like the channel names, lower case), or "
