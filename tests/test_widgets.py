@@ -147,7 +147,8 @@ def test_bad_inputs_show_errors_and_ui_stays_usable(docks, tiny_model_path, tmp_
     adapt.device_combo.setCurrentText("auto")
     assert adapt.run()
     assert adapt.last_reason == "completed"
-    assert "DAPI [adabn L2]" in viewer.layers and viewer.layers["DAPI [adabn L2]"].ndim == 2
+    # the slider starts at the default late layer: 8 of the tiny model's 10
+    assert "DAPI [adabn L8]" in viewer.layers and viewer.layers["DAPI [adabn L8]"].ndim == 2
 
 
 def test_dropped_model_file_loads_into_model_widget(docks, tiny_model_path, tmp_path):

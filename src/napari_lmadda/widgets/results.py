@@ -4,6 +4,11 @@ Each marker of each model becomes its own image layer over the input, in a colou
 it (DAPI blue, CD29 green), with additive blending, named after the model, e.g.
 ``DAPI [lmadda L2]`` and ``DAPI [unadapted]`` for comparison. Re-running replaces those layers
 or adds new ones. The adapted model can be saved, and the stain layers written to TIFF.
+
+With "Trust map" ticked, a prediction is followed by the per-pixel spread of several
+predictions of the first model (MC dropout, or flips and rotations for a model without
+dropout; :func:`~napari_lmadda.uncertainty.trust_map`), one ``magma`` layer per marker, e.g.
+``CD29 trust [lmadda L10]``: dark where the stain can be trusted, bright where it cannot.
 """
 
 from __future__ import annotations
@@ -33,12 +38,15 @@ from .state import LmaddaState, channel_names, get_state
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["ResultsPanel", "stain_colormap", "stain_layer_name", "UNADAPTED"]
+__all__ = ["ResultsPanel", "stain_colormap", "stain_layer_name", "trust_layer_name",
+           "UNADAPTED", "TRUST_SAMPLES"]
 
 UNADAPTED = "unadapted"
 _MARKER_COLOURS = {"dapi": "blue", "hoechst": "blue", "cd29": "green"}
 _OTHER_COLOURS = ("magenta", "yellow", "cyan", "red")
 REPLACE, ADD = "replace them", "add new layers"
+#: stochastic passes per image for a trust map
+TRUST_SAMPLES = 8
 
 
 def stain_colormap(marker: str, index: int = 0) -> str:
@@ -51,6 +59,11 @@ def stain_layer_name(marker: str, tag: str, image_set: str | None = None) -> str
     """Layer name of a virtual stain, e.g. ``DAPI [lmadda L2]``."""
     name = f"{marker} [{tag}]"
     return f"{name} {image_set}" if image_set else name
+
+
+def trust_layer_name(marker: str, tag: str, image_set: str | None = None) -> str:
+    """Layer name of a trust map, e.g. ``CD29 trust [lmadda L10]``."""
+    return stain_layer_name(f"{marker} trust", tag, image_set)
 
 
 def _safe_filename(name: str) -> str:
@@ -81,6 +94,12 @@ class ResultsPanel(QGroupBox):
         self.compare_check.setChecked(True)
         self.auto_check = QCheckBox("show stains when a run ends")
         self.auto_check.setChecked(True)
+        self.trust_check = QCheckBox("Trust map")
+        self.trust_check.setToolTip(
+            "After a prediction, also show where the stain can be trusted: the per-pixel "
+            f"spread of {TRUST_SAMPLES} predictions (MC dropout, or flips and rotations for a "
+            "model without dropout); bright = uncertain")
+        self.last_trust_layers: list[str] = []
         self.mode_combo = QComboBox()
         self.mode_combo.addItems([REPLACE, ADD])
         self.mode_combo.setToolTip("What re-running does to stain layers of the same name")
@@ -101,7 +120,11 @@ class ResultsPanel(QGroupBox):
         export_row.addWidget(self.export_btn)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
-        layout.addWidget(self.auto_check)
+        checks = QHBoxLayout()
+        checks.addWidget(self.auto_check)
+        checks.addWidget(self.trust_check)
+        checks.addStretch(1)
+        layout.addLayout(checks)
         layout.addLayout(form)
         layout.addLayout(export_row)
         layout.addWidget(self.status)
@@ -147,6 +170,8 @@ class ResultsPanel(QGroupBox):
             return False
         self._sets = sets
         self._tags = [t for t, _ in models]
+        self._trust_model = models[0] if self.trust_check.isChecked() else None
+        self._predicted = False
         self.state.set_busy(True)
         self.status.setText("Predicting…")
         stacks = [s.stack for s in sets]
@@ -166,13 +191,113 @@ class ResultsPanel(QGroupBox):
             self.status.setText(f"Predicting… {msg.done} / {msg.total} images")
         elif isinstance(msg, workers.PredictDone):
             self.show_stains(msg.outputs)
+            self._predicted = True
         elif isinstance(msg, workers.RunFailed):
             show_error(f"Prediction failed: {msg.message}")
             self.status.setText(f"<span style='color:#e06c6c'>{msg.message}</span>")
 
     def _on_done(self) -> None:
         self.task = None
+        trust, self._trust_model = getattr(self, "_trust_model", None), None
+        if trust is not None and getattr(self, "_predicted", False):
+            self._start_trust(*trust)  # the panel stays busy until the maps are shown
+        else:
+            self.state.set_busy(False)
+
+    # ------------------------------------------------------------------ trust map
+    def _start_trust(self, tag: str, model: Any) -> None:
+        self._trust_tag = tag
+        self.state.set_busy(True)
+        self._trust_status = self.status.text()
+        self.status.setText(f"{self._trust_status}<br>Trust map…")
+        stacks = [s.stack for s in self._sets]
+        task = workers.start(
+            lambda cancel: workers.trust_messages(model, stacks, n_samples=TRUST_SAMPLES,
+                                                  device=self.device, cancel=cancel),
+            self._on_trust_message,
+            self._on_trust_done,
+        )
+        self.task = None if task.done else task
+
+    def _on_trust_message(self, msg: Any) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(msg, workers.TrustProgress):
+            self.status.setText(f"{self._trust_status}<br>Trust map… {msg.done} / {msg.total}"
+                                " images")
+        elif isinstance(msg, workers.TrustDone):
+            self.show_trust(msg.maps, self._trust_tag, msg.method, msg.n_samples)
+        elif isinstance(msg, workers.RunFailed):
+            show_error(f"Trust map failed: {msg.message}")
+            self.status.setText(f"{self._trust_status}<br><span style='color:#e06c6c'>"
+                                f"trust map: {msg.message}</span>")
+
+    def _on_trust_done(self) -> None:
+        self.task = None
         self.state.set_busy(False)
+
+    def show_trust(self, maps: dict[int, np.ndarray], tag: str, method: str,
+                   n_samples: int) -> list[str]:
+        """Add (or replace) one trust-map layer per marker and image set.
+
+        The layers use the ``magma`` colormap with additive blending, so a trustworthy
+        (dark) region leaves the stains below visible; the first marker's map is shown, the
+        others are hidden (eye icon).
+
+        Parameters
+        ----------
+        maps : dict
+            ``{set_index: (N, C, H, W)}`` standard deviations from
+            :func:`~.worker.trust_messages`.
+        tag : str
+            Tag of the model the maps belong to (``lmadda L10``, ``unadapted``).
+        method : str
+            How the predictions were varied (``mc_dropout`` or ``tta``).
+        n_samples : int
+            Predictions per image.
+
+        Returns
+        -------
+        list of str
+            Names of the layers shown.
+        """
+        model = self.state.model
+        markers = channel_names(model) if model is not None else []
+        replace = self.mode_combo.currentText() == REPLACE
+        adapted = self.state.adapted
+        shown: list[str] = []
+        for i, iset in enumerate(self._sets):
+            out = maps.get(i)
+            if out is None:
+                continue
+            suffix = iset.name if len(self._sets) > 1 else None
+            for c in range(out.shape[1]):
+                marker = markers[c] if c < len(markers) else f"channel {c}"
+                data = out[:, c]
+                if iset.squeeze:
+                    data = data[0]
+                meta = {"lmadda": {
+                    "kind": "trust map",
+                    "model": self.state.model_label,
+                    "tag": tag,
+                    "method": ("none" if tag == UNADAPTED or adapted is None
+                               else adapted.result.method),
+                    "uncertainty_method": method,
+                    "n_samples": int(n_samples),
+                    "units": "standard deviation of the stain",
+                    "channel": marker,
+                    "input": iset.name,
+                }}
+                hi = float(np.percentile(data, 99.8)) if data.size else 1.0
+                shown.append(self._put_layer(
+                    trust_layer_name(marker, tag, suffix), data, meta, "magma", iset, replace,
+                    visible=c == 0, limits=(0.0, hi if hi > 0 else 1.0)))
+        self.last_trust_layers = shown
+        how = {"mc_dropout": "MC dropout", "tta": "flips and rotations"}.get(method, method)
+        self.status.setText(
+            f"{self._trust_status}<br>{len(shown)} trust-map layer(s): spread of {n_samples} "
+            f"predictions ({how}); bright = uncertain")
+        return shown
 
     def show_stains(self, outputs: dict[tuple[str, int], np.ndarray]) -> list[str]:
         """Add (or replace) one image layer per marker, model and image set.
@@ -239,11 +364,14 @@ class ResultsPanel(QGroupBox):
         iset.input_layer = name
 
     def _put_layer(self, name: str, data: np.ndarray, meta: dict, colormap: str,
-                   iset: ImageSet, replace: bool, visible: bool) -> str:
+                   iset: ImageSet, replace: bool, visible: bool,
+                   limits: tuple[float, float] | None = None) -> str:
         kwargs = {k: v[-data.ndim:] for k, v in iset.layer_kwargs.items()}
-        # stains are mostly background: start at the 1st percentile so it shows dark
-        lo, hi = (float(v) for v in np.percentile(data, (1.0, 99.8))) if data.size else (0, 1)
-        limits = (lo, hi if hi > lo else lo + 1.0)
+        if limits is None:
+            # stains are mostly background: start at the 1st percentile so it shows dark
+            lo, hi = ((float(v) for v in np.percentile(data, (1.0, 99.8))) if data.size
+                      else (0.0, 1.0))
+            limits = (lo, hi if hi > lo else lo + 1.0)
         if replace and name in self.viewer.layers:
             layer = self.viewer.layers[name]
             if layer.data.shape == data.shape:
@@ -341,5 +469,6 @@ class ResultsPanel(QGroupBox):
         busy = self.state.busy
         has_model = self.state.model is not None
         self.predict_btn.setEnabled(not busy and has_model)
+        self.trust_check.setEnabled(not busy)
         self.save_btn.setEnabled(not busy and self.state.adapted is not None)
         self.export_btn.setEnabled(not busy and bool(self.last_layers))

@@ -9,7 +9,7 @@ without knowing each other. Nothing here imports Qt or torch.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,8 +18,17 @@ from psygnal import Signal
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapt.events import AdaptResult
     from ..models.unet import UNetGenerator
+    from ..recommend import LayerRecommendation
 
-__all__ = ["DataSelection", "AdaptedModel", "LmaddaState", "get_state", "channel_names", "ROLES"]
+__all__ = [
+    "DataSelection",
+    "AdaptedModel",
+    "Recommendation",
+    "LmaddaState",
+    "get_state",
+    "channel_names",
+    "ROLES",
+]
 
 Role = Literal["source", "target"]
 #: The two image sets, and how the widgets name them.
@@ -84,8 +93,35 @@ class AdaptedModel:
         return f"{r.method} L{spec}"
 
 
+@dataclass
+class Recommendation:
+    """A layer recommendation and what it was measured on.
+
+    Attributes
+    ----------
+    result : LayerRecommendation
+        What :func:`~napari_lmadda.recommend.recommend_layer` returned.
+    selections : dict
+        The source and target selections at the time (to tell when the images changed).
+    patch_size : int
+        Patch side used for the measurement.
+    seconds : float
+        How long the measurement took.
+    """
+
+    result: LayerRecommendation
+    selections: dict[str, DataSelection | None] = field(default_factory=dict)
+    patch_size: int = 0
+    seconds: float = 0.0
+
+    @property
+    def layer(self) -> int | None:
+        """The recommended layer (None = no adaptation needed)."""
+        return self.result.layer
+
+
 class LmaddaState:
-    """Model, image selections and the last adapted model of one viewer.
+    """Model, image selections, the last adapted model and layer recommendation of one viewer.
 
     Signals
     -------
@@ -97,12 +133,15 @@ class LmaddaState:
         A new :class:`AdaptedModel` (or None).
     busy_changed(bool)
         An adaptation or prediction started (True) or ended (False).
+    recommendation_changed(object)
+        A new :class:`Recommendation` for the loaded model (or None).
     """
 
     model_changed = Signal(object)
     data_changed = Signal(str)
     adapted_changed = Signal(object)
     busy_changed = Signal(bool)
+    recommendation_changed = Signal(object)
 
     def __init__(self) -> None:
         self.model: UNetGenerator | None = None
@@ -110,16 +149,21 @@ class LmaddaState:
         self.model_path: Path | None = None
         self.selections: dict[str, DataSelection | None] = {"source": None, "target": None}
         self.adapted: AdaptedModel | None = None
+        self.recommendation: Recommendation | None = None
         self.busy: bool = False
 
     # ------------------------------------------------------------------ setters
     def set_model(self, model: UNetGenerator | None, label: str = "",
                   path: Path | None = None) -> None:
-        """Use ``model`` from now on; the previous adapted model is dropped."""
+        """Use ``model`` from now on; the previous adapted model and recommendation are dropped."""
         self.model, self.model_label, self.model_path = model, label, path
         self.adapted = None
+        had_recommendation = self.recommendation is not None
+        self.recommendation = None
         self.model_changed.emit(model)
         self.adapted_changed.emit(None)
+        if had_recommendation:
+            self.recommendation_changed.emit(None)
 
     def set_selection(self, role: Role, selection: DataSelection | None) -> None:
         """Choose the source (``"source"``) or new-microscope (``"target"``) images."""
@@ -133,6 +177,16 @@ class LmaddaState:
         """Keep the last adaptation result."""
         self.adapted = adapted
         self.adapted_changed.emit(adapted)
+
+    def set_recommendation(self, recommendation: Recommendation | None) -> None:
+        """Keep the layer recommendation for the loaded model (it survives method changes)."""
+        self.recommendation = recommendation
+        self.recommendation_changed.emit(recommendation)
+
+    def recommendation_is_current(self) -> bool:
+        """Whether the recommendation was measured on the images chosen now."""
+        rec = self.recommendation
+        return rec is not None and rec.selections == self.selections
 
     def set_busy(self, busy: bool) -> None:
         """Mark a long task as running (widgets disable conflicting buttons)."""
