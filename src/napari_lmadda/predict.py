@@ -33,7 +33,14 @@ __all__ = [
     "FolderReport",
     "tile_starts",
     "blend_window",
+    "TileGrid",
+    "tile_grid",
+    "autocast",
+    "AMP_MODES",
 ]
+
+#: Mixed-precision modes of prediction: full float32, or autocast to bfloat16 / float16.
+AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -56,6 +63,96 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
     return np.outer(w, w).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one image go (shared by :func:`predict_image` and the dask path).
+
+    Attributes
+    ----------
+    height, width : int
+        The image.
+    padded_height, padded_width : int
+        The image reflect-padded to a multiple of the model's ``min_size``.
+    tile_height, tile_width : int
+        Tile shape (the tile side, clipped to the padded image).
+    overlap : int
+        Overlap of neighbouring tiles (at most half a tile).
+    pad_mode : str
+        ``np.pad`` mode of the padding.
+    coords : list of (int, int)
+        Top-left corner of every tile in the padded image, row-major (the accumulation order).
+    """
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile_height: int
+    tile_width: int
+    overlap: int
+    pad_mode: str
+    coords: list[tuple[int, int]]
+
+    def window(self) -> np.ndarray:
+        """The ``(tile_height, tile_width)`` blending weights."""
+        th, tw, ov = self.tile_height, self.tile_width, self.overlap
+        if th == tw:
+            return blend_window(th, ov)
+        return np.outer(blend_window(th, ov)[th // 2], blend_window(tw, ov)[tw // 2])
+
+    def source_index(self, axis: int) -> np.ndarray:
+        """For each padded row (``axis=0``) or column (1), the image row/column it copies."""
+        n, pn = (self.height, self.padded_height) if axis == 0 else (self.width, self.padded_width)
+        return np.pad(np.arange(n), (0, pn - n), mode=self.pad_mode)
+
+
+def tile_grid(shape: tuple[int, int], min_size: int, tile: int, overlap: int) -> TileGrid:
+    """Plan the tiles of an image of ``shape`` for a model whose sides must divide ``min_size``.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image height and width.
+    min_size : int
+        ``2**num_downs`` of the model.
+    tile, overlap : int
+        Requested tile side (rounded down to a multiple of ``min_size``) and overlap.
+
+    Returns
+    -------
+    TileGrid
+        The padding and the tiles.
+    """
+    m = int(min_size)
+    tile = max(m, (int(tile) // m) * m)
+    h, w = int(shape[0]), int(shape[1])
+    # pad to a multiple of the model's stride (never smaller than the image)
+    ph, pw = -(-h // m) * m, -(-w // m) * m
+    th, tw = min(tile, ph), min(tile, pw)
+    overlap = int(min(overlap, th // 2, tw // 2))
+    mode = "reflect" if h > 1 and w > 1 and ph - h < h and pw - w < w else "symmetric"
+    coords = [(r, c) for r in tile_starts(ph, th, overlap) for c in tile_starts(pw, tw, overlap)]
+    return TileGrid(h, w, ph, pw, th, tw, overlap, mode, coords)
+
+
+def autocast(device, amp: str = "off"):
+    """Context manager running a forward pass in mixed precision (``amp`` in ``AMP_MODES``).
+
+    ``"bf16"`` and ``"fp16"`` use :func:`torch.autocast` on the device's type (both work on
+    CPU in recent torch); ``"off"`` keeps float32.
+    """
+    import contextlib
+
+    import torch
+
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def output_to_stain(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """Map the network's tanh output [-1, 1] to stain units (``meta['target_range']``)."""
     lo, hi = meta.get("target_range", (0.0, 1.0))
@@ -73,6 +170,7 @@ def predict_image(
     normalize: bool = True,
     to_stain: bool = True,
     cancel: Callable[[], bool] | None = None,
+    amp: str = "off",
 ) -> np.ndarray:
     """Predict the virtual stain(s) of one 2-D image.
 
@@ -94,6 +192,8 @@ def predict_image(
         Map the output to stain units; otherwise keep the network range [-1, 1].
     cancel : callable, optional
         Polled between batches; raises :class:`LmaddaError` when it returns True.
+    amp : {"off", "bf16", "fp16"}
+        Mixed precision of the forward passes (:func:`autocast`); blending stays float32.
 
     Returns
     -------
@@ -109,6 +209,8 @@ def predict_image(
         raise ConfigError(f"predict_image takes a 2-D (H, W) image, got shape {img.shape}")
     if tile < 1 or overlap < 0 or batch_size < 1:
         raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     _check_grey_model(model)
     meta = getattr(model, "meta", {}) or {}
     if normalize:
@@ -117,31 +219,21 @@ def predict_image(
     else:
         x = img.astype(np.float32)
     x = np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # x is our own copy
-    m = model.min_size
-    tile = max(m, (int(tile) // m) * m)
-    h, w = x.shape
-    # pad to a multiple of the model's stride and to at least one tile where the image is smaller
-    ph = max(-(-h // m) * m, min(tile, -(-h // m) * m))
-    pw = max(-(-w // m) * m, min(tile, -(-w // m) * m))
-    th, tw = min(tile, ph), min(tile, pw)
-    overlap = int(min(overlap, th // 2, tw // 2))
+    grid = tile_grid(x.shape, model.min_size, tile, overlap)
+    h, w = grid.height, grid.width
+    ph, pw, th, tw = grid.padded_height, grid.padded_width, grid.tile_height, grid.tile_width
     if (ph, pw) != (h, w):
-        mode = "reflect" if h > 1 and w > 1 and ph - h < h and pw - w < w else "symmetric"
-        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=mode)
+        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=grid.pad_mode)
     dev = torch.device(device) if device else next(model.parameters()).device
     modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     cout = model.config.out_channels
     acc = np.zeros((cout, ph, pw), np.float32)
     wsum = np.zeros((ph, pw), np.float32)
-    win = (
-        blend_window(th, overlap)
-        if th == tw
-        else np.outer(blend_window(th, overlap)[th // 2], blend_window(tw, overlap)[tw // 2])
-    )
-    coords = [(r, c) for r in tile_starts(ph, th, overlap) for c in tile_starts(pw, tw, overlap)]
+    win = grid.window()
+    coords = grid.coords
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(dev, amp):
             for i in range(0, len(coords), batch_size):
                 if cancel is not None and cancel():
                     raise LmaddaError("prediction cancelled")

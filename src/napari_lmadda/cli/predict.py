@@ -1,7 +1,17 @@
-"""``lmadda predict``: virtual staining of every image of a folder, written as TIFFs.
+"""``lmadda predict``: virtual staining of every image of a folder, written as TIFFs or OME-Zarr.
+
+The work runs as a dask graph (:mod:`napari_lmadda.predict_dask`): lazy reads, one task per
+group of tiles and per output chunk, a few images in flight at a time, each written as soon
+as it is done, so memory stays flat on large folders and large images. ``--scheduler``
+picks dask's local threaded scheduler (default, ``--workers`` threads), the synchronous one,
+or a ``dask.distributed`` cluster by its address (the folders must then be visible to every
+worker). Inputs may be a folder, one image file or one ``*.ome.zarr`` image.
 
 Outputs are ``<out>/<stem>_pred.tif`` (float32, ``CYX``, or ``ZCYX`` for stacks) with the
-channel names and the model's provenance in the TIFF metadata. With ``--uncertainty``, a
+channel names and the model's provenance in the TIFF metadata, or with ``--format ome-zarr``
+``<out>/<stem>_pred.ome.zarr`` (OME-NGFF 0.5, ``CYX``/``CZYX``, written chunk by chunk into a
+temporary folder renamed when complete). ``--amp bf16`` / ``fp16`` runs the network in mixed
+precision. With ``--uncertainty``, a
 trust map ``<stem>_trust.tif`` is written beside each prediction: the per-pixel standard
 deviation of several predictions (MC dropout, or flips/rotations for a model without
 dropout; see :mod:`napari_lmadda.uncertainty`), float32, same axes, in stain units, with how
@@ -13,10 +23,16 @@ were skipped (unreadable), 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+# plain tuples, cheap to import (no torch, no dask)
+AMP_MODES = ("off", "bf16", "fp16")
+OUTPUT_FORMATS = ("tiff", "ome-zarr")
+
 NAME = "predict"
-HELP = "Predict the virtual stains of every image of a folder (tiled, seamless) into TIFF files."
+HELP = ("Predict the virtual stains of every image of a folder (tiled, seamless) into TIFF "
+        "or OME-Zarr files, locally or on a dask cluster.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL.pt",
                         help="model file (or 'demo' for the bundled demo model)")
     parser.add_argument("--images", type=Path, required=True,
-                        help="folder of input images (or one image file)")
+                        help="folder of input images (or one image file, or one *.ome.zarr)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--tile", type=int, default=256, help="tile side in pixels (256)")
     parser.add_argument("--overlap", type=int, default=32,
@@ -41,26 +57,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uncertainty-samples", type=int, default=8,
                         help="predictions per tile for --uncertainty (8; at most 8 are used "
                         "with flips/rotations)")
+    parser.add_argument("--format", dest="out_format", choices=OUTPUT_FORMATS, default="tiff",
+                        help="output format: tiff (one float32 TIFF per input) or ome-zarr "
+                        "(OME-NGFF 0.5, written chunk by chunk; for images too large for TIFF)")
+    parser.add_argument("--scheduler", default="threads", metavar="{threads,synchronous,ADDRESS}",
+                        help="dask scheduler: threads (local thread pool), synchronous (one "
+                        "thread, for debugging) or the address of a dask.distributed scheduler, "
+                        "e.g. tcp://node1:8786 (threads)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads of the local threaded scheduler (the CPU count)")
+    parser.add_argument("--chunk", type=int, default=1024,
+                        help="output chunk side in pixels: one blending task and one OME-Zarr "
+                        "chunk each (1024)")
+    parser.add_argument("--amp", choices=AMP_MODES, default="off",
+                        help="mixed precision of the network: off (float32), bf16 or fp16 "
+                        "autocast (off)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict the folder, print one line per file and the summary."""
-    from ..data.io import list_images
     from ..errors import ConfigError, OutputExistsError
-    from ..predict import iter_predict_folder, output_paths
+    from ..predict_dask import DaskRunner, iter_predict_folder_dask, list_inputs, output_targets
     from ._common import load_model_one_line, make_output_folder
 
     if args.tile < 1 or args.overlap < 0 or args.batch < 1:
         raise ConfigError("--tile and --batch must be >= 1 and --overlap >= 0")
+    if args.chunk < 1:
+        raise ConfigError(f"--chunk must be >= 1, got {args.chunk}")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.uncertainty and args.uncertainty_samples < 2:
         raise ConfigError(f"--uncertainty-samples must be >= 2, got {args.uncertainty_samples}")
-    files = list_images(args.images)
+    files = list_inputs(args.images)
+    if args.uncertainty and (args.out_format != "tiff" or any(f.is_dir() for f in files)):
+        raise ConfigError("--uncertainty writes TIFF trust maps of image files: it cannot be "
+                          "combined with --format ome-zarr or *.zarr inputs")
     out = Path(args.out)
-    suffixes = ("_pred.tif", "_trust.tif") if args.uncertainty else ("_pred.tif",)
+    kinds = ("pred", "trust") if args.uncertainty else ("pred",)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file; give a folder")
     if not args.overwrite and out.is_dir():
-        existing = [t for sfx in suffixes for t in output_paths(files, out, sfx) if t.exists()]
+        existing = [t for kind in kinds for t in output_targets(files, out, args.out_format, kind)
+                    if t.exists()]
         if existing:
             raise OutputExistsError(
                 f"{len(existing)} output file(s) already exist in '{out}' (e.g. "
@@ -68,20 +106,46 @@ def run(args: argparse.Namespace) -> int:
             )
     model = load_model_one_line(args.model, args.device)
     make_output_folder(out, "the --out folder")
-    gen = iter_predict_folder(model, args.images, out, tile=args.tile, overlap=args.overlap,
-                              batch_size=args.batch, overwrite=args.overwrite,
-                              stop_on_error=args.stop_on_error)
-    width = len(str(len(files)))
-    while True:
-        try:
-            done, total, path = next(gen)
-        except StopIteration as stop:
-            report = stop.value
-            break
-        print(f"[{done:>{width}}/{total}] {path.name}", flush=True)
+    runner = DaskRunner(args.scheduler, args.workers)
+    threads = _share_cpu_threads(model, runner)
+    try:
+        print(runner.describe(), flush=True)
+        gen = iter_predict_folder_dask(
+            model, args.images, out, scheduler=runner, out_format=args.out_format,
+            tile=args.tile, overlap=args.overlap, batch_size=args.batch, chunk=args.chunk,
+            amp=args.amp, overwrite=args.overwrite, stop_on_error=args.stop_on_error,
+        )
+        width = len(str(len(files)))
+        while True:
+            try:
+                done, total, path = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                break
+            print(f"[{done:>{width}}/{total}] {path.name}", flush=True)
+    finally:
+        runner.close()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
     failed = _write_trust_maps(model, files, report.written, args) if args.uncertainty else 0
     print(report.summary())
     return 1 if report.skipped or failed else 0
+
+
+def _share_cpu_threads(model, runner) -> int | None:
+    """Give each local dask thread its share of torch's CPU threads; return the old count.
+
+    Several tasks run the network at once; each using every core would oversubscribe them.
+    """
+    import torch
+
+    if runner.client is not None or next(model.parameters()).device.type != "cpu":
+        return None
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(old, (os.cpu_count() or 1) // runner.nthreads)))
+    return old
 
 
 def _write_trust_maps(model, files, written, args: argparse.Namespace) -> int:
