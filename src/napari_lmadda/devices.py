@@ -10,7 +10,9 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["resolve_device", "release_memory"]
+__all__ = ["resolve_device", "release_memory", "autocast_dtype", "AMP_MODES"]
+
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -85,3 +87,44 @@ def release_memory(device: torch.device | str | None = None) -> None:
         torch.cuda.empty_cache()
     if kind == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def autocast_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for a mixed-precision mode on a device, or None for ``off``.
+
+    Parameters
+    ----------
+    amp : {"off", "bf16", "fp16"}
+        Mixed-precision mode.
+    device : torch.device or str
+        The resolved device (not ``auto``).
+
+    Returns
+    -------
+    torch.dtype or None
+        ``torch.bfloat16`` / ``torch.float16``, or None when ``amp`` is ``off``.
+
+    Raises
+    ------
+    ConfigError
+        fp16 anywhere but CUDA (the CPU has no fast fp16 kernels and gradient scaling is
+        CUDA-only here), bf16 on MPS or on a GPU without bf16 support, or an unknown mode.
+    """
+    import torch
+
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    if amp == "off":
+        return None
+    dev = torch.device(device)
+    if amp == "fp16":
+        if dev.type != "cuda":
+            raise ConfigError(f"amp fp16 needs a CUDA device, the run uses {dev.type}: "
+                              "use amp bf16 on the CPU, or off")
+        return torch.float16
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"amp bf16 is supported on cpu and cuda, not {dev.type}: use off")
+    if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("amp bf16 asked for, but this GPU has no bfloat16 support: "
+                          "use fp16 or off")
+    return torch.bfloat16

@@ -17,6 +17,12 @@ What keeps it stable (adversarial adaptation collapses; see REFERENCE.md and
 * a label-free criterion evaluated every ``eval_every`` steps on fixed patches; the best
   state is kept, divergence (non-finite losses, criterion blow-up) rolls back to it, and a
   cancel keeps it too.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the same loop runs in every process: each rank takes
+its slice of the global batch, gradients are averaged over the ranks, the criterion is
+evaluated on rank 0 and broadcast (see :mod:`napari_lmadda.adapt.distributed` for why the
+result equals a single-process run up to float rounding). ``config.amp`` runs the training
+forward passes under autocast (bf16 on CPU/CUDA, fp16 with gradient scaling on CUDA).
 """
 
 from __future__ import annotations
@@ -26,21 +32,23 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..devices import resolve_device
+from ..devices import autocast_dtype, resolve_device
 from ..errors import ConfigError
 from ..models.discriminator import LayerDiscriminator
 from ..models.unet import UNetGenerator
+from . import distributed
 from .adabn import adapt_batchnorm, batchnorms_upto
 from .config import AdaptConfig
 from .distances import diag_w2
 from .events import AdaptResult, Evaluated, Event, Finished, Started, Step, StopReason
-from .sampling import fixed_batch, to_tensor
+from .sampling import fixed_batch, shard_sampler, to_tensor
 
 __all__ = ["run_adversarial", "trainable_layers"]
 
@@ -88,6 +96,8 @@ def _load_run_state(path, method: str, layers: tuple[int, ...], cfg: AdaptConfig
     if not isinstance(st, dict) or st.get("format") != RUN_STATE_FORMAT:
         raise CheckpointError(f"cannot resume from '{path}': not a napari-lmadda run state")
     mine = {"method": method, "layers": list(layers), "config": _comparable(cfg)}
+    if isinstance(st.get("config"), dict):  # fields added since the file was written: defaults
+        st["config"] = {**_comparable(AdaptConfig()), **st["config"]}
     diff = [k for k in mine if st.get(k) != mine[k]]
     if diff:
         raise ConfigError(
@@ -122,6 +132,7 @@ def _set_bn_mode(model: UNetGenerator, mode: str) -> None:
 
 
 def _gan_loss(kind: str, logits: torch.Tensor, real: bool) -> torch.Tensor:
+    logits = logits.float()  # losses in float32 also under autocast (no-op otherwise)
     if kind == "lsgan":
         return F.mse_loss(logits, torch.full_like(logits, 1.0 if real else 0.0))
     return F.binary_cross_entropy_with_logits(
@@ -183,20 +194,54 @@ def run_adversarial(
         states, best state, history), written atomically at every evaluation. If it exists
         when the run starts, the run resumes from it and ends where an uninterrupted run with
         the same settings would (bit-identical on the CPU). It must come from a run with the
-        same method, layers and config, else :class:`ConfigError`.
+        same method, layers and config, else :class:`ConfigError`. In a multi-process run
+        only rank 0 writes it; every rank reads it when resuming.
 
     Yields
     ------
     Event
         ``Started``, ``Step`` per step, ``Evaluated`` per evaluation, ``Finished`` last.
+        In a multi-process run every rank yields the same events with the same losses and
+        criterion values (averaged over the ranks, or rank 0's); only rank 0 calls
+        ``monitor``.
+
+    Notes
+    -----
+    Launched by torchrun with ``WORLD_SIZE > 1``, the process group is joined here unless the
+    caller already did (and then left when the generator ends). ``config.batch_size`` stays the
+    global batch and must split evenly over the ranks. With ``bn_mode="train"`` each rank
+    normalises with its own shard's batch statistics, so such runs match a single-process run
+    less closely than the default ``eval`` mode, which has no batch statistics.
     """
     cfg = config
+    device = resolve_device(cfg.device)
+    with distributed.session(device):
+        yield from _run(model, source, target, layers=layers, cfg=cfg, method=method,
+                        device=distributed.local_device(device), cancel=cancel,
+                        monitor=monitor, run_state=run_state)
+
+
+def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor, run_state):
+    """The body of :func:`run_adversarial`, inside its process group (if any)."""
     layers = tuple(sorted({int(v) for v in layers}))
     if not layers:
         raise ConfigError("no layer to match")
     first, last = trainable_layers(model, layers, cfg)
     top, n_layers = max(layers), model.num_layers
-    device = resolve_device(cfg.device)
+    multi, rank, world = distributed.is_active(), distributed.rank(), distributed.world_size()
+    main = rank == 0
+    distributed.per_rank_batch(cfg.batch_size, world)
+    amp_dtype = autocast_dtype(cfg.amp, device)
+
+    def autocast():
+        if amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range
+    scalers = ([torch.amp.GradScaler(device.type) for _ in range(2)]
+               if amp_dtype == torch.float16 else [None, None])
+    scaler_d, scaler_g = scalers
     torch.manual_seed(cfg.seed)
 
     G = copy.deepcopy(model).to(device)
@@ -217,6 +262,7 @@ def run_adversarial(
             eval_tgt[i : i + cfg.batch_size] for i in range(0, len(eval_tgt), cfg.batch_size)
         ]
         adapt_batchnorm(Gp, chunks, upto=last)
+    distributed.broadcast_module_(Gp)  # every rank starts from rank 0's G' (as DDP does)
     _set_bn_mode(G, cfg.bn_mode)
     _set_bn_mode(Gp, cfg.bn_mode)
     ema = copy.deepcopy(Gp).requires_grad_(False) if cfg.ema_decay > 0 else Gp
@@ -237,13 +283,18 @@ def run_adversarial(
             for layer in layers
         }
     ).to(device)
+    distributed.broadcast_module_(D)
+    d_params = list(D.parameters())
+    # each rank draws the global batch positions and reads its own slice of them
+    source, target = shard_sampler(source, rank, world), shard_sampler(target, rank, world)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     opt_g = torch.optim.Adam(params, lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
 
     # reference activations of the frozen G on the fixed source patches (for the criterion)
     eval_layers = tuple(range(top, n_layers + 1))
     tap_layers = tuple(sorted(set(eval_layers) | set(layers)))
-    ref_src = _taps(G, eval_src, tap_layers)  # G is frozen: computed once
+    # G is frozen: computed once; only rank 0 evaluates
+    ref_src = _taps(G, eval_src, tap_layers) if main else {}
 
     def evaluate(net: UNetGenerator) -> dict[str, float]:
         tgt = _taps(net, eval_tgt, tap_layers)
@@ -268,6 +319,20 @@ def run_adversarial(
             m.update({f"monitor_{k}": float(v) for k, v in monitor(step, net).items()})
         return m
 
+    def evaluate_everywhere(net: UNetGenerator) -> dict[str, float]:
+        # rank 0's numbers on every rank: all ranks then take the same decisions
+        return distributed.broadcast_object(evaluate(net) if main else None)
+
+    def backward_step(loss, opt, scaler, grads_of) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if multi:
+            distributed.all_reduce_mean_([p.grad for p in grads_of if p.grad is not None])
+        if scaler is not None:  # inf/nan checks see the averaged grads: same on every rank
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in ema.state_dict().items()}
 
@@ -291,6 +356,8 @@ def run_adversarial(
                 "history": history,
                 "rng": {"source": _rng_get(source), "target": _rng_get(target),
                         "torch": torch.get_rng_state()},
+                **({"scaler_d": scaler_d.state_dict(), "scaler_g": scaler_g.state_dict()}
+                   if scaler_d is not None else {}),
             },
             run_state,
         )
@@ -307,6 +374,9 @@ def run_adversarial(
         D.load_state_dict(st["d"])
         opt_d.load_state_dict(st["opt_d"])
         opt_g.load_state_dict(st["opt_g"])
+        if scaler_d is not None and "scaler_d" in st:
+            scaler_d.load_state_dict(st["scaler_d"])
+            scaler_g.load_state_dict(st["scaler_g"])
         best_state, history = st["best_state"], list(st["history"])
         best_val, best_step, start_val, since_best = st["best"]
         _rng_set(source, st["rng"]["source"])
@@ -314,7 +384,7 @@ def run_adversarial(
         torch.set_rng_state(st["rng"]["torch"])
         first_step = int(st["step"]) + 1
     else:
-        m0 = evaluate(ema)
+        m0 = evaluate_everywhere(ema)
         best_val, best_step, best_state = m0["criterion"], 0, snapshot()
         if cfg.criterion == "d_acc":  # an untrained D is at chance: step 0 says nothing
             best_val = math.inf
@@ -327,51 +397,65 @@ def run_adversarial(
     t0 = time.perf_counter()
     nan = float("nan")
     for step in range(first_step, cfg.steps + 1):
-        if cancel is not None and cancel():
+        stop = cancel is not None and cancel()
+        if multi:  # a cancel on any rank stops every rank at the same step
+            stop = distributed.any_flag(stop, device)
+        if stop:
             reason, step = StopReason.CANCELLED, step - 1
             message = f"cancelled after {step} steps; kept the state of step {best_step}"
             break
         xs = to_tensor(source.sample(), device)
         xt = to_tensor(target.sample(), device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             fs = G.forward_taps(xs, layers)
-        ft = Gp.forward_taps(xt, layers)
+        with autocast():
+            ft = Gp.forward_taps(xt, layers)
 
         # (1) discriminator: source taps are "real", target taps "fake"
         opt_d.zero_grad(set_to_none=True)
         loss_d = torch.zeros((), device=device)
         accs = []
         for k in layers:
-            ls, lt = D[str(k)](fs[k]), D[str(k)](ft[k].detach())
+            with autocast():
+                ls, lt = D[str(k)](fs[k]), D[str(k)](ft[k].detach())
             loss_d = loss_d + 0.5 * (
                 _gan_loss(cfg.gan_loss, ls, True) + _gan_loss(cfg.gan_loss, lt, False)
             )
             accs.append(_accuracy(cfg.gan_loss, ls, lt))
-        loss_d.backward()
-        opt_d.step()
-        acc = float(sum(accs) / len(accs))
+        backward_step(loss_d, opt_d, scaler_d, d_params)
+        acc, ld = float(sum(accs) / len(accs)), loss_d.item()
+        if multi:  # global-batch values: the gate below is taken identically on every rank
+            acc, ld = distributed.mean_scalars([acc, ld], device)
 
         # (2) G': target taps labelled "source", plus consistency on source images
         g_updated = acc >= cfg.d_gate
         loss_g_val, loss_src_val = nan, nan
         if g_updated:
             opt_g.zero_grad(set_to_none=True)
-            loss_g = sum(_gan_loss(cfg.gan_loss, D[str(k)](ft[k]), True) for k in layers)
+            with autocast():
+                logits = [D[str(k)](ft[k]) for k in layers]
+            loss_g = sum(_gan_loss(cfg.gan_loss, lg, True) for lg in logits)
             total = loss_g
             if cfg.source_weight > 0:
-                fsp = Gp.forward_taps(xs, layers)
+                with autocast():
+                    fsp = Gp.forward_taps(xs, layers)
+                # the spread of G's taps over the *global* batch (a per-rank spread would
+                # make the shards' gradients differ from the single-process one)
+                spread = {k: distributed.global_std(fs[k].float()) for k in layers}
                 loss_src = sum(
-                    (fsp[k] - fs[k]).abs().mean() / (fs[k].std() + 1e-6) for k in layers
+                    (fsp[k].float() - fs[k].float()).abs().mean() / (spread[k] + 1e-6)
+                    for k in layers
                 ) / len(layers)
                 total = total + cfg.source_weight * loss_src
                 loss_src_val = loss_src.item()
-            total.backward()
-            opt_g.step()
+            backward_step(total, opt_g, scaler_g, params)
             loss_g_val = loss_g.item()
+            if multi:
+                loss_g_val, loss_src_val = distributed.mean_scalars(
+                    [loss_g_val, loss_src_val], device)
             if ema is not Gp:
                 with torch.no_grad():
                     torch._foreach_lerp_(ema_params, params, 1.0 - cfg.ema_decay)
-        ld = loss_d.item()
         elapsed = time.perf_counter() - t0
         yield Step(
             step,
@@ -390,7 +474,7 @@ def run_adversarial(
             message = f"losses became non-finite at step {step}; rolled back to step {best_step}"
             break
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            m = evaluate(ema)
+            m = evaluate_everywhere(ema)
             val = m["criterion"]
             improved = math.isfinite(val) and (val < best_val or cfg.criterion == "last")
             if improved:
@@ -398,7 +482,7 @@ def run_adversarial(
             else:
                 since_best += 1
             history.append({"step": step, **m})
-            if run_state is not None:
+            if run_state is not None and main:
                 save_run_state()
             yield Evaluated(step, val, improved, m)
             bounded = cfg.criterion in ("last", "d_acc")  # no blow-up rule for these
@@ -432,6 +516,7 @@ def run_adversarial(
         "criterion_value": best_val,
         "stop_reason": reason.value,
         "config": cfg.to_dict(),
+        "processes": world,
     }
     yield Finished(
         AdaptResult(

@@ -4,6 +4,14 @@ Prints one line per evaluation of the label-free criterion (never per step) and 
 The first Ctrl-C stops the run cooperatively: the best state so far is kept and saved.
 Exit code 0 when the run completed (or stopped early on patience), 1 when it was cancelled
 or diverged (the kept state is saved all the same), 2 for bad input.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE > 1``) the N processes adapt together
+(see :mod:`napari_lmadda.adapt.distributed`): ``--batch`` is the global batch, split evenly
+over the processes; only rank 0 prints and writes ``--out`` and ``<out>.run``. torchrun
+forwards Ctrl-C to every process (they run in their own sessions, so each gets it once): all
+ranks stop at the same step and rank 0 saves the kept state, as without torchrun. torchrun
+kills processes still running 30 s after the signal (``--shutdown-timeout``); the run state
+of the last evaluation then remains for ``--resume``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from typing import Any
 from ..errors import ConfigError
 
 NAME = "adapt"
+# methods built on the adversarial loop, which splits its batches over torchrun's processes
+MULTI_PROCESS_METHODS = ("lmadda", "lmadda-multi", "adda")
 HELP = (
     "Adapt a source model to unlabeled images of a new microscope (LM-ADDA at a chosen "
     "layer, or a baseline) and save the adapted model."
@@ -39,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted run from <out>.run (written at every "
                              "evaluation); ends where an uninterrupted run would")
     add_adapt_options(parser)
+    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
+                        help="mixed precision of the training passes: bf16 (CPU or GPU) or "
+                             "fp16 (CUDA only) (off)")
 
 
 def open_images(folder: Path, model: Any, option: str):
@@ -69,18 +82,14 @@ def progress_line(ev: Any, last_step: Any, best_step: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Adapt, print progress, save the kept state."""
-    from ..adapt.engine import iter_adapt
-    from ..adapt.events import Evaluated, Finished, Started, Step, StopReason
-    from ..devices import release_memory
-    from ..models.checkpoint import save_model
-    from ._common import (
-        adapt_config_from_args,
-        cancel_on_sigint,
-        check_new_file,
-        fmt_float,
-        load_model_one_line,
-        make_parent,
-    )
+    from ..adapt import distributed
+    from ..devices import resolve_device
+    from ._common import adapt_config_from_args, check_new_file
+
+    world = distributed.env_world_size()
+    if world > 1 and args.method not in MULTI_PROCESS_METHODS:
+        raise ConfigError(f"--method {args.method} does not run on several processes: start it "
+                          f"without torchrun (multi-process: {', '.join(MULTI_PROCESS_METHODS)})")
 
     state = Path(str(args.out) + ".run")
     if args.resume and not state.exists():
@@ -89,7 +98,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"'{state}' holds an interrupted run: pass --resume to continue it, "
                           "or delete it to start afresh")
     out = check_new_file(args.out, "--out", args.overwrite or args.resume)
-    cfg = adapt_config_from_args(args)
+    cfg = adapt_config_from_args(args, **({"amp": args.amp} if args.amp else {}))
+    with distributed.session(resolve_device(cfg.device)):
+        return _adapt(args, cfg, out, state)
+
+
+def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
+    """Run the adaptation (in every process of a torchrun group); rank 0 reports and saves."""
+    from ..adapt import distributed
+    from ..adapt.engine import iter_adapt
+    from ..adapt.events import Evaluated, Finished, Started, Step, StopReason
+    from ..devices import release_memory
+    from ..models.checkpoint import save_model
+    from ._common import cancel_on_sigint, fmt_float, load_model_one_line, make_parent
+
+    main, world = distributed.is_main(), distributed.world_size()
+    say = print if main else (lambda *a, **k: None)  # other ranks stay quiet
+    distributed.per_rank_batch(cfg.batch_size, world)
     model = load_model_one_line(args.model, "cpu")
     source = open_images(args.source, model, "--source")
     target = open_images(args.target, model, "--target")
@@ -102,15 +127,16 @@ def run(args: argparse.Namespace) -> int:
                              config=cfg, cancel=cancel, run_state=state):
             if isinstance(ev, Started):
                 lays = ",".join(map(str, ev.layers)) or "-"
-                print(f"{ev.method} at layer(s) {lays}: {ev.trainable_params:,} trainable "
-                      f"parameters on {ev.device}, {ev.total_steps} steps, criterion "
-                      f"{ev.criterion}", flush=True)
+                procs = f" x {world} processes" if world > 1 else ""
+                say(f"{ev.method} at layer(s) {lays}: {ev.trainable_params:,} trainable "
+                    f"parameters on {ev.device}{procs}, {ev.total_steps} steps, criterion "
+                    f"{ev.criterion}", flush=True)
             elif isinstance(ev, Step):
                 last_step = ev
             elif isinstance(ev, Evaluated):
                 if ev.is_best:
                     best_step = ev.step
-                print(progress_line(ev, last_step, best_step), flush=True)
+                say(progress_line(ev, last_step, best_step), flush=True)
             elif isinstance(ev, Finished):
                 result = ev.result
     assert result is not None
@@ -124,14 +150,15 @@ def run(args: argparse.Namespace) -> int:
         "source_dir": str(args.source),
         "target_dir": str(args.target),
     }
-    save_model(result.model, out, provenance=prov)
-    if result.reason is not StopReason.CANCELLED:  # a cancelled run stays resumable
-        state.unlink(missing_ok=True)
+    if main:
+        save_model(result.model, out, provenance=prov)
+        if result.reason is not StopReason.CANCELLED:  # a cancelled run stays resumable
+            state.unlink(missing_ok=True)
     value = result.provenance.get("criterion_value")
-    print(f"stop reason: {result.reason.value}; kept step {result.best_step} of "
-          f"{result.steps_done} (criterion {result.criterion} = {fmt_float(value)})")
+    say(f"stop reason: {result.reason.value}; kept step {result.best_step} of "
+        f"{result.steps_done} (criterion {result.criterion} = {fmt_float(value)})")
     if result.reason not in (StopReason.COMPLETED,) and result.message:
-        print(result.message)
-    print(f"wrote {out}")
+        say(result.message)
+    say(f"wrote {out}")
     release_memory(cfg.device if cfg.device != "auto" else None)
     return 0 if result.reason in (StopReason.COMPLETED, StopReason.EARLY_STOP) else 1
