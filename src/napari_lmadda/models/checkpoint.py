@@ -11,6 +11,13 @@ Layout::
      "arch": {UNetConfig fields}, "state_dict": {...},
      "meta": {"channel_names": [...], "input_percentiles": [lo, hi],
               "target_range": [lo, hi], "provenance": {...}}}
+
+An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
+made by SCGAN) is written as format version 2: ``"arch"`` stays the source UNet's, a
+``"translator"`` record holds the translator's architecture, and the state dict holds
+both networks (``translator.*`` and ``unet.*`` keys). Plain models are still written as
+version 1, so older versions keep reading them; an older version refuses a version-2 file
+with its "written by a newer napari-lmadda" message instead of mis-loading it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 from .. import __version__
 from ..errors import CheckpointError, ConfigError, LmaddaError
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
+from .translated import TranslatedModel, Translator, TranslatorConfig
 from .unet import UNetConfig, UNetGenerator
 
 __all__ = [
@@ -41,7 +49,8 @@ __all__ = [
 ]
 
 FORMAT = "napari-lmadda-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version read; plain models are still written as 1
+_TRANSLATED_VERSION = 2
 DEFAULT_META: dict[str, Any] = {
     "channel_names": None,  # e.g. ["DAPI", "CD29"]; None -> "channel 0", ...
     "input_percentiles": [1.0, 99.8],
@@ -101,8 +110,8 @@ def save_model(
 
     Parameters
     ----------
-    model : UNetGenerator
-        The model.
+    model : UNetGenerator or TranslatedModel
+        The model (a translated model is stored with its translator).
     path : path-like
         Destination ``.pt`` file.
     meta : mapping, optional
@@ -132,11 +141,14 @@ def save_model(
     }
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "arch": model.config.to_dict(),
         "state_dict": sd,
         "meta": _plain(m),
     }
+    if isinstance(model, TranslatedModel):
+        payload["format_version"] = _TRANSLATED_VERSION
+        payload["translator"] = model.translator.config.to_dict()
     return atomic_torch_save(payload, path)
 
 
@@ -257,6 +269,9 @@ def _torch_load(path: Path) -> Any:
 def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
     """Read a model file without building the model.
 
+    For a translated (SCGAN) model file, ``config`` is the source UNet's and ``state_dict``
+    holds both networks (``translator.*`` and ``unet.*`` keys); :func:`load_model` builds it.
+
     Parameters
     ----------
     path : path-like
@@ -276,8 +291,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
     CheckpointError
         If the file is missing, corrupt, unsafe, or neither format.
     """
+    cfg, sd, meta, _ = _read(path)
+    return cfg, sd, meta
+
+
+def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorConfig | None]:
+    """:func:`read_checkpoint` plus the translator's architecture (None for plain models)."""
     path = Path(path)
     obj = _torch_load(path)
+    tcfg = None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         version = obj.get("format_version", 0)
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -289,6 +311,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
             cfg = UNetConfig.from_dict(dict(obj["arch"]))
             sd = dict(obj["state_dict"])
             meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
+            if version >= _TRANSLATED_VERSION:
+                tcfg = TranslatorConfig.from_dict(dict(obj["translator"]))
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise CheckpointError(
                 f"'{path}' is a napari-lmadda model file with a damaged header "
@@ -323,7 +347,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict]:
         )
     _check_meta(meta, cfg, path)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
-    return cfg, sd, meta
+    return cfg, sd, meta, tcfg
 
 
 def load_model(
@@ -342,8 +366,10 @@ def load_model(
 
     Returns
     -------
-    UNetGenerator
-        The model, with ``model.meta`` holding channel names, normalisation and provenance.
+    UNetGenerator or TranslatedModel
+        The model, with ``model.meta`` holding channel names, normalisation and provenance
+        (a :class:`~napari_lmadda.models.translated.TranslatedModel` for SCGAN files; it is
+        used exactly like a UNet).
 
     Raises
     ------
@@ -356,9 +382,9 @@ def load_model(
         from ..assets import demo_model_path
 
         path = demo_model_path()
-    cfg, sd, meta = read_checkpoint(path)
-    _check_fits(cfg, sd, path)  # before allocating: a file may declare a huge network
-    model = UNetGenerator(cfg)
+    cfg, sd, meta, tcfg = _read(path)
+    _check_fits(cfg, sd, path, tcfg)  # before allocating: a file may declare a huge network
+    model = _build(cfg, tcfg)
     model.load_state_dict(sd, strict=True)
     model.meta = meta
     model.to(resolve_device(device) if isinstance(device, str) else device)
@@ -372,7 +398,19 @@ def _arch_text(cfg: UNetConfig) -> str:
     )
 
 
-def _check_fits(cfg: UNetConfig, sd: Mapping[str, torch.Tensor], path: Any) -> None:
+def _build(cfg: UNetConfig, tcfg: TranslatorConfig | None) -> torch.nn.Module:
+    """The (untrained) network a file declares."""
+    if tcfg is None:
+        return UNetGenerator(cfg)
+    return TranslatedModel(Translator(tcfg), UNetGenerator(cfg))
+
+
+def _check_fits(
+    cfg: UNetConfig,
+    sd: Mapping[str, torch.Tensor],
+    path: Any,
+    tcfg: TranslatorConfig | None = None,
+) -> None:
     """Compare the weights with the declared architecture built on the meta device (no memory).
 
     Raises
@@ -380,8 +418,11 @@ def _check_fits(cfg: UNetConfig, sd: Mapping[str, torch.Tensor], path: Any) -> N
     CheckpointError
         Missing, unexpected or wrongly shaped tensors, in one line naming the first of each.
     """
-    with torch.device("meta"):
-        skeleton = UNetGenerator(cfg)
+    try:
+        with torch.device("meta"):
+            skeleton = _build(cfg, tcfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"'{path}' declares an impossible model: {exc}") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -403,7 +444,10 @@ def _check_fits(cfg: UNetConfig, sd: Mapping[str, torch.Tensor], path: Any) -> N
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected, e.g. '{unexpected[0]}'")
     raise CheckpointError(
-        f"'{path}' does not fit the architecture it declares ({_arch_text(cfg)}): "
+        f"'{path}' does not fit the architecture it declares ({_arch_text(cfg)}"
+        + (f", behind a translator with ngf {tcfg.ngf} and {tcfg.n_blocks} residual blocks"
+           if tcfg is not None else "")
+        + "): "
         + "; ".join(parts)
     )
 
