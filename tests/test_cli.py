@@ -296,3 +296,15 @@ def test_demo_quick_runs_every_method_and_writes_its_outputs(tiny_model_path, tm
     assert "--overwrite" in one_line_error(capsys, "demo")
     assert main([*args, "--overwrite", "--layer", "99"]) == 2
     assert "out of range" in one_line_error(capsys, "demo")
+
+
+@pytest.mark.parametrize("method", ["none", "adabn"])
+def test_adapt_runs_the_methods_without_a_discriminator(ws, capsys, tmp_path, method):
+    # every method of the engine must accept what the CLI passes (run_state included)
+    out = tmp_path / f"{method}.pt"
+    rc = main(["adapt", "--model", str(ws / "g.pt"), "--source", str(ws / "src/input"),
+               "--target", str(ws / "tgt/input"), "--method", method, "--out", str(out),
+               "--steps", "2", *TINY])
+    assert rc == 0, capsys.readouterr().err
+    _, _, meta = read_checkpoint(out)
+    assert meta["provenance"]["method"] == method

@@ -28,6 +28,8 @@ METHODS: dict[str, str] = {
     "adda": "napari_lmadda.adapt.adda",
     "lmadda": "napari_lmadda.adapt.lmadda",
     "lmadda-multi": "napari_lmadda.adapt.lmadda_multi",
+    "scgan": "napari_lmadda.adapt.scgan",
+    "apma": "napari_lmadda.adapt.apma",
 }
 
 

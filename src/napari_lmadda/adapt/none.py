@@ -23,8 +23,9 @@ def run(
     config: AdaptConfig,
     cancel: Callable[[], bool] | None = None,
     monitor: Callable | None = None,
+    run_state=None,
 ) -> Iterator[Event]:
-    """Yield a copy of the source model, unchanged."""
+    """Yield a copy of the source model, unchanged (``run_state`` is ignored)."""
     yield Started(NAME, (), 0, 0, "cpu", "eval", "none")
     out = copy.deepcopy(model).eval()
     yield Finished(AdaptResult(out, NAME, (), 0, "none", StopReason.COMPLETED))

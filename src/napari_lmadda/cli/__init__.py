@@ -26,6 +26,7 @@ _COMMANDS = [
     "recommend_layer",
     "evaluate",
     "make_synthetic",
+    "fid",
 ]
 
 

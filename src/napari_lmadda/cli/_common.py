@@ -143,7 +143,7 @@ def add_adapt_options(parser: argparse.ArgumentParser) -> None:
     Every option defaults to None, meaning "the :class:`AdaptConfig` default"; validation
     happens in :class:`AdaptConfig` so the messages are the same as in the library.
     """
-    from ..adapt.config import CRITERIA, AdaptConfig
+    from ..adapt.config import ADABN_LAYERS, ADABN_STATS, CRITERIA, AdaptConfig
 
     d = AdaptConfig()
     g = parser.add_argument_group("adaptation options (defaults: AdaptConfig)")
@@ -161,6 +161,24 @@ def add_adapt_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=_int, default=None,
                    help="stop after this many evaluations without improvement (off)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
+    g.add_argument("--apma-parts", default=None, metavar="PARTS",
+                   help="apma: 'all' or parts joined by '+' from en, de_feat, de_pred "
+                        f"(e.g. en+de_feat) ({d.apma_parts})")
+    g.add_argument("--apma-rec-weight", type=float, default=None,
+                   help=f"apma: weight of the reconstruction loss ({d.apma_rec_weight:g})")
+    g.add_argument("--adabn-stats", choices=ADABN_STATS, default=None,
+                   help="adabn: exact statistics over all target patches, or a running "
+                        f"average ({d.adabn_stats})")
+    g.add_argument("--adabn-layers", choices=ADABN_LAYERS, default=None,
+                   help="adabn with --layer: BatchNorms of layers <= the largest given (upto), "
+                        f"or of exactly the given layers (listed) ({d.adabn_layers})")
+    g.add_argument("--scgan-ngf", type=_int, default=None,
+                   help=f"scgan: translator width ({d.scgan_ngf}; CycleGAN uses 64)")
+    g.add_argument("--scgan-blocks", type=int, default=None,
+                   help=f"scgan: translator residual blocks ({d.scgan_blocks})")
+    g.add_argument("--scgan-crop", type=int, default=None,
+                   help=f"scgan: train on random crops of this side, 0 = whole patches "
+                        f"({d.scgan_crop})")
 
 
 def adapt_config_from_args(args: argparse.Namespace, **overrides: Any):
@@ -171,7 +189,10 @@ def adapt_config_from_args(args: argparse.Namespace, **overrides: Any):
     for opt, field in (("steps", "steps"), ("lr_g", "lr_g"), ("lr_d", "lr_d"),
                        ("batch", "batch_size"), ("patch", "patch_size"),
                        ("eval_every", "eval_every"), ("criterion", "criterion"),
-                       ("patience", "patience")):
+                       ("patience", "patience"), ("apma_parts", "apma_parts"),
+                       ("apma_rec_weight", "apma_rec_weight"), ("adabn_stats", "adabn_stats"),
+                       ("adabn_layers", "adabn_layers"), ("scgan_ngf", "scgan_ngf"),
+                       ("scgan_blocks", "scgan_blocks"), ("scgan_crop", "scgan_crop")):
         v = getattr(args, opt, None)
         if v is not None:
             kw[field] = v
