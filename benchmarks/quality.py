@@ -182,6 +182,34 @@ def _fmt(vals: list[float]) -> str:
     return f"{med:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
 
 
+def _other_configurations(out: Path) -> list[str]:
+    """One table of every run made with a ``--tag`` (other steps or settings), per shift."""
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        if r.get("tag"):
+            key = (r["shift"], r["tag"], r["method"], r["layer"])
+            groups.setdefault(key, {}).setdefault(r["seed"], r)  # repeated runs count once
+    if not groups:
+        return []
+    md = [
+        "\n### Other configurations (runs with a `--tag`)\n",
+        "| shift | tag | method | layer | steps | seeds | Pearson DAPI | Pearson CD29 | "
+        "kept step (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (shift, tag, method, layer), by_seed in sorted(groups.items(), key=str):
+        g = list(by_seed.values())
+        md.append(
+            f"| {shift} | {tag} | {method} | {layer if layer is not None else '-'} | "
+            f"{g[0]['config'].get('steps')} | {','.join(str(s) for s in sorted(by_seed))} | "
+            f"{_fmt([r['pearson'].get('DAPI') for r in g])} | "
+            f"{_fmt([r['pearson'].get('CD29') for r in g])} | "
+            f"{statistics.median([r['best_step'] for r in g]):.0f} |"
+        )
+    return md
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -209,6 +237,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                     "none": "no adaptation",
                     "adabn": "AdaBN",
                     "adda": "ADDA (output layer)",
+                    "apma": "APMA (all parts)",
+                    "scgan": "SCGAN (image level)",
                 }.get(r["method"], r["method"])
             )
             groups.setdefault(label, []).append(r)
@@ -322,6 +352,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(png)
         md.append(f"\n![Pearson by layer matched, {shift}]({png.name})\n")
+    if not args.tag:
+        md += _other_configurations(out)
     text = "\n".join(md) + "\n"
     (out / f"report{('_' + args.tag) if args.tag else ''}.md").write_text(text)
     print(text)

@@ -13,6 +13,17 @@ Per-layer Pearson comes from
   (median over seeds from its table, averaged over the channels), and/or
 * ``--runs PATH``: ``benchmarks/results/quality/runs.jsonl`` of the quality benchmark.
 
+Besides the median over seeds, every seed's own per-layer grid is judged too (``per seed``
+columns): a recommendation that is right on the median but wrong on half the seeds is not
+reliable. ``--all-tags`` judges every configuration (tag) of ``runs.jsonl`` that has at
+least two LM-ADDA layers, not only the default one.
+
+``--real DIR`` adds the real-data rows of ``benchmarks/real_data.py`` (its ``runs.jsonl``
+and ``recommend_*.json`` in DIR): EM membranes judged on Dice, the Allen translation on
+Pearson. Those recommendations were computed by ``real_data.py recommend`` and are read,
+not recomputed. ``--reuse PATH`` likewise reads the synthetic recommendations from an earlier
+``validation.json`` (same model and settings) instead of recomputing them.
+
 ``--uncertainty-layers`` also runs the SIT-ADDA-Auto selector: LM-ADDA at each listed depth
 for each of ``--uncertainty-seeds`` (``--steps`` steps), the seeds' models as an ensemble,
 and the depth with the lowest predictive uncertainty on target patches (shallowest within
@@ -22,6 +33,9 @@ adapts models, so it is off by default (it costs a sweep over the listed depths)
     python benchmarks/recommend_validation.py                       # recommendations only
     python benchmarks/recommend_validation.py --runs benchmarks/results/quality/runs.jsonl
     python benchmarks/recommend_validation.py --sweep overexpose=runs/oe/sweep.json
+    python benchmarks/recommend_validation.py --runs benchmarks/results/quality/runs.jsonl \
+        --all-tags --real benchmarks/results/real \
+        --reuse benchmarks/results/recommend/validation.json
 
 Prints a table and writes ``benchmarks/results/recommend/validation.{md,json}`` and one
 ``<shift>.png`` per shift.
@@ -121,6 +135,121 @@ def uncertainty_selection(model, source, target, test, layers, seeds, steps, pat
     return chosen, scores, pearson
 
 
+def judge(per_layer: dict[int, float], none: float, recommended: int | None) -> dict:
+    """Is the recommended layer's score within :data:`TOLERANCE` of the best layer's?
+
+    Parameters
+    ----------
+    per_layer : dict of int to float
+        LM-ADDA layer -> score (higher is better).
+    none : float
+        Score without adaptation (``nan`` if not measured); the recommendation "no
+        adaptation needed" is judged with it.
+    recommended : int or None
+        The recommended layer (None = no adaptation needed).
+
+    Returns
+    -------
+    dict
+        ``best_layer``, ``pearson_best``, ``pearson_recommended``, ``within_tolerance``
+        (None when the recommended layer was not measured) and ``layers_measured``; empty
+        without a per-layer grid. A grid of one layer says nothing about the choice of a
+        layer: ``within_tolerance`` is None then.
+    """
+    if not per_layer:
+        return {}
+    best = max(per_layer, key=per_layer.get)
+    rec_p = per_layer.get(recommended, math.nan) if recommended is not None else none
+    rec_p = math.nan if rec_p is None else float(rec_p)
+    within = (bool(rec_p >= per_layer[best] - TOLERANCE)
+              if math.isfinite(rec_p) and len(per_layer) >= 2 else None)
+    return {"best_layer": best, "pearson_best": per_layer[best], "pearson_recommended": rec_p,
+            "within_tolerance": within, "layers_measured": sorted(per_layer)}
+
+
+def grids_from_runs(path: Path, shift: str, tag: str = "") -> dict[int, tuple[dict, float]]:
+    """Per seed: (LM-ADDA layer -> mean-over-channels Pearson, no-adaptation Pearson)."""
+    per_seed: dict[int, dict[int, float]] = {}
+    none = math.nan
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if r["shift"] != shift or r.get("tag", "") != tag or not r.get("pearson"):
+            continue
+        vals = [v for v in r["pearson"].values() if v is not None]
+        if not vals:
+            continue
+        if r["method"] == "none":
+            none = float(np.mean(vals))
+        elif r["method"] == "lmadda":  # first occurrence counts (a repeated run counts once)
+            grid = per_seed.setdefault(int(r["seed"]), {})
+            grid.setdefault(int(r["layer"]), float(np.mean(vals)))
+    return {s: (g, none) for s, g in per_seed.items()}
+
+
+def tags_in_runs(path: Path, shift: str) -> list[str]:
+    """Tags of ``runs.jsonl`` with at least two LM-ADDA layers for ``shift``."""
+    layers: dict[str, set[int]] = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if r["shift"] == shift and r["method"] == "lmadda":
+            layers.setdefault(r.get("tag", ""), set()).add(int(r["layer"]))
+    return sorted(t for t, ls in layers.items() if len(ls) >= 2)
+
+
+def per_seed_counts(grids: dict[int, tuple[dict, float]], recommended: int | None) -> dict:
+    """How many seeds' own grids (>= 2 layers) put the recommended layer within tolerance."""
+    judged = [judge(g, none, recommended).get("within_tolerance")
+              for g, none in grids.values() if len(g) >= 2]
+    judged = [j for j in judged if j is not None]
+    return {"seeds_within": sum(judged), "seeds_judged": len(judged)}
+
+
+def real_rows(real_dir: Path) -> list[dict]:
+    """Validation rows of ``benchmarks/real_data.py`` results (Dice for EM, Pearson for Allen)."""
+    runs_path = real_dir / "runs.jsonl"
+    if not runs_path.exists():
+        return []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for line in runs_path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r.get("tag", "") == "":
+                groups.setdefault((r["task"], r["shift"]), []).append(r)
+    out = []
+    for (task, shift), rs in sorted(groups.items()):
+        rec_path = real_dir / f"recommend_{task}{'_' + shift if shift else ''}.json"
+        if not rec_path.exists():
+            continue
+        rec = json.loads(rec_path.read_text())
+        metric = "dice" if task == "em" else "pearson"
+        seen: set[tuple] = set()
+        per_seed: dict[int, dict[int, float]] = {}
+        none = math.nan
+        for r in rs:
+            key = (r["method"], r["layer"], r["seed"])
+            if key in seen or r["scores"].get(metric) is None:
+                continue
+            seen.add(key)
+            if r["method"] == "none":
+                none = float(r["scores"][metric])
+            elif r["method"] == "lmadda":
+                per_seed.setdefault(int(r["seed"]), {})[int(r["layer"])] = float(
+                    r["scores"][metric])
+        layers = sorted({la for g in per_seed.values() for la in g})
+        median = {la: statistics.median([g[la] for g in per_seed.values() if la in g])
+                  for la in layers}
+        name = f"real: {task}" + (f" {shift}" if shift else "")
+        row = {"shift": name, "tag": "", "metric": metric, "recommended": rec["recommended"],
+               "confidence": rec["confidence"], "p_value": rec["p_value"],
+               "seconds": rec.get("seconds", math.nan), "reason": rec.get("reason", ""),
+               "pearson_by_layer": median, "pearson_none": none,
+               **judge(median, none, rec["recommended"]),
+               **per_seed_counts({s: (g, none) for s, g in per_seed.items()},
+                                 rec["recommended"])}
+        out.append(row)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="demo", help="source model file (demo)")
@@ -135,6 +264,12 @@ def main() -> None:
                    help="sweep.json of `lmadda sweep` for a shift (repeatable)")
     p.add_argument("--runs", type=Path, default=None, help="runs.jsonl of benchmarks/quality.py")
     p.add_argument("--tag", default="", help="tag of the runs.jsonl rows to use ('')")
+    p.add_argument("--all-tags", action="store_true",
+                   help="also judge every other tag of runs.jsonl with >= 2 LM-ADDA layers")
+    p.add_argument("--real", type=Path, default=None,
+                   help="results folder of benchmarks/real_data.py (adds the real-data rows)")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="read the synthetic recommendations from this validation.json")
     p.add_argument("--uncertainty-layers", default="",
                    help="depths for the SIT-ADDA-Auto selector, e.g. 1,2,3 (off)")
     p.add_argument("--uncertainty-seeds", default="0,1", help="ensemble seeds (0,1)")
@@ -143,50 +278,71 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
     sweeps = dict(s.split("=", 1) for s in args.sweep)
     unc_layers = [int(v) for v in args.uncertainty_layers.split(",") if v]
     unc_seeds = [int(v) for v in args.uncertainty_seeds.split(",") if v]
     args.out.mkdir(parents=True, exist_ok=True)
-    source = make_domain(args.n_images, modality="phase", size=args.size,
-                         seed=SOURCE_SEED)["input"]
+    reused = {}
+    if args.reuse is not None:
+        reused = {r["shift"]: r for r in json.loads(args.reuse.read_text())
+                  if r["shift"] in SHIFTS}
+    model = source = None
     results = []
     for shift in [s for s in args.shifts.split(",") if s]:
         kw = SHIFTS[shift]
-        target = make_domain(args.n_images, size=args.size, seed=TARGET_SEED, **kw)["input"]
-        t0 = time.perf_counter()
-        rec = recommend_layer(model, source, target, n_patches=args.patches,
-                              patch_size=args.patch, probe_steps=args.probe_steps,
-                              device="cpu", seed=args.seed)
-        secs = time.perf_counter() - t0
-        print(f"\n=== {shift} ({secs:.0f} s)\n{format_recommendation_table(rec)}\n"
-              f"{rec.summary()}\nreason: {rec.reason}", flush=True)
-        plot_recommendation(rec, args.out / f"{shift}.png", title=f"source -> {shift}")
-        per_layer, none = {}, math.nan
-        if shift in sweeps:
-            per_layer, none = pearson_from_sweep(Path(sweeps[shift]))
-        elif args.runs is not None and args.runs.exists():
-            per_layer, none = pearson_from_runs(args.runs, shift, args.tag)
-        row = {"shift": shift, "recommended": rec.layer, "confidence": rec.confidence,
-               "p_value": rec.p_value, "seconds": secs, "reason": rec.reason,
-               "pearson_by_layer": per_layer, "pearson_none": none}
-        if per_layer:
-            best = max(per_layer, key=per_layer.get)
-            rec_p = per_layer.get(rec.layer, none if rec.layer is None else math.nan)
-            # None: the recommended layer (or "none") was not run in the sweep
-            within = (bool(rec_p >= per_layer[best] - TOLERANCE) if math.isfinite(rec_p)
-                      else None)
-            row |= {"best_layer": best, "pearson_best": per_layer[best],
-                    "pearson_recommended": rec_p, "within_tolerance": within,
-                    "layers_measured": sorted(per_layer)}
-        if unc_layers:
-            test = make_domain(8, size=args.size, seed=TEST_SEED, **kw)
-            chosen, scores, pear = uncertainty_selection(
-                model, source, target, test, unc_layers, unc_seeds, args.steps, args.patch)
-            row |= {"uncertainty_layer": chosen, "uncertainty_scores": scores,
-                    "uncertainty_pearson": pear}
-            print(f"SIT-ADDA-Auto: depth {chosen}; uncertainty {scores}; Pearson {pear}")
-        results.append(row)
+        if shift in reused and not unc_layers:
+            old = reused[shift]
+            rec_fields = {k: old[k] for k in ("recommended", "confidence", "p_value", "seconds",
+                                              "reason")}
+            print(f"\n=== {shift}: recommendation read from {args.reuse}: "
+                  f"{old['recommended']}", flush=True)
+        else:
+            if model is None:
+                model = load_model(args.model)
+                source = make_domain(args.n_images, modality="phase", size=args.size,
+                                     seed=SOURCE_SEED)["input"]
+            target = make_domain(args.n_images, size=args.size, seed=TARGET_SEED, **kw)["input"]
+            t0 = time.perf_counter()
+            rec = recommend_layer(model, source, target, n_patches=args.patches,
+                                  patch_size=args.patch, probe_steps=args.probe_steps,
+                                  device="cpu", seed=args.seed)
+            secs = time.perf_counter() - t0
+            print(f"\n=== {shift} ({secs:.0f} s)\n{format_recommendation_table(rec)}\n"
+                  f"{rec.summary()}\nreason: {rec.reason}", flush=True)
+            plot_recommendation(rec, args.out / f"{shift}.png", title=f"source -> {shift}")
+            rec_fields = {"recommended": rec.layer, "confidence": rec.confidence,
+                          "p_value": rec.p_value, "seconds": secs, "reason": rec.reason}
+        tags = [args.tag]
+        if args.all_tags and args.runs is not None and args.runs.exists():
+            tags += [t for t in tags_in_runs(args.runs, shift) if t != args.tag]
+        for tag in tags:
+            per_layer, none, grids = {}, math.nan, {}
+            if shift in sweeps and tag == args.tag:
+                per_layer, none = pearson_from_sweep(Path(sweeps[shift]))
+            elif args.runs is not None and args.runs.exists():
+                per_layer, none = pearson_from_runs(args.runs, shift, tag)
+                grids = grids_from_runs(args.runs, shift, tag)
+            row = {"shift": shift, "tag": tag, "metric": "pearson", **rec_fields,
+                   "pearson_by_layer": per_layer, "pearson_none": none,
+                   **judge(per_layer, none, rec_fields["recommended"])}
+            if grids:
+                row |= per_seed_counts(grids, rec_fields["recommended"])
+            if unc_layers and tag == args.tag:
+                if model is None:
+                    model = load_model(args.model)
+                    source = make_domain(args.n_images, modality="phase", size=args.size,
+                                         seed=SOURCE_SEED)["input"]
+                target = make_domain(args.n_images, size=args.size, seed=TARGET_SEED,
+                                     **kw)["input"]
+                test = make_domain(8, size=args.size, seed=TEST_SEED, **kw)
+                chosen, scores, pear = uncertainty_selection(
+                    model, source, target, test, unc_layers, unc_seeds, args.steps, args.patch)
+                row |= {"uncertainty_layer": chosen, "uncertainty_scores": scores,
+                        "uncertainty_pearson": pear}
+                print(f"SIT-ADDA-Auto: depth {chosen}; uncertainty {scores}; Pearson {pear}")
+            results.append(row)
+    if args.real is not None:
+        results += real_rows(args.real)
     write_report(results, args)
 
 
@@ -194,29 +350,55 @@ def _f(v, fmt=".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
+def _summary(rows: list[dict], what: str) -> str:
+    judged = [r["within_tolerance"] for r in rows if r.get("within_tolerance") is not None]
+    seeds_in = sum(r.get("seeds_within", 0) for r in rows)
+    seeds_n = sum(r.get("seeds_judged", 0) for r in rows)
+    unmeasured = sum(1 for r in rows if "best_layer" in r and r.get("within_tolerance") is None)
+    text = (f"{what}: recommended layer within {TOLERANCE} of the best layer in "
+            f"{sum(judged)} of {len(judged)} grids (median over seeds)")
+    if seeds_n:
+        text += f", {seeds_in} of {seeds_n} single-seed grids"
+    if unmeasured:
+        text += (f"; {unmeasured} grid(s) not judged (recommended layer not run, or only one "
+                 "layer run)")
+    return text
+
+
 def write_report(results: list[dict], args: argparse.Namespace) -> None:
-    header = ("| shift | recommended | confidence | p | best layer (Pearson) | "
-              "recommended's Pearson | within 0.02 | uncertainty pick (Pearson) |")
+    header = ("| case | tag | metric | recommended | confidence | p | best layer (score) | "
+              "recommended's score | within 0.02 | per seed | uncertainty pick (Pearson) |")
     lines = ["<!-- generated by benchmarks/recommend_validation.py -->",
              f"model: `{args.model}`; {args.n_images} fields of {args.size} px per domain; "
-             f"{args.patches} patches of {args.patch} px; probe {args.probe_steps} steps", "",
-             header, "|---|---|---|---|---|---|---|---|"]
+             f"{args.patches} patches of {args.patch} px; probe {args.probe_steps} steps "
+             "(synthetic rows; the real-data rows use their own source models, see "
+             "docs/real_data.md). Scores: median over seeds; Pearson is the mean over "
+             "channels; `none needed` is judged with the no-adaptation score.", "",
+             header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rec = "none needed" if r["recommended"] is None else str(r["recommended"])
         best = (f"{r['best_layer']} ({_f(r['pearson_best'])})" if "best_layer" in r else "-")
         within = {True: "yes", False: "**no**"}.get(r.get("within_tolerance"), "-")
         if "best_layer" in r and r.get("within_tolerance") is None:
-            within = f"not measured (layers {r['layers_measured']})"
+            within = f"not judged (layers run: {r['layers_measured']})"
+        seeds = (f"{r['seeds_within']} of {r['seeds_judged']}" if r.get("seeds_judged")
+                 else "-")
         unc = "-"
         if "uncertainty_layer" in r:
             u = r["uncertainty_layer"]
             unc = f"{u} ({_f(r['uncertainty_pearson'].get(u))})"
-        lines.append(f"| {r['shift']} | {rec} | {r['confidence']:.2f} | {_f(r['p_value'], '.2g')}"
-                     f" | {best} | {_f(r.get('pearson_recommended'))} | {within} | {unc} |")
-    judged = [r["within_tolerance"] for r in results if r.get("within_tolerance") is not None]
-    if judged:
-        lines += ["", f"recommended layer within {TOLERANCE} of the best: "
-                  f"{sum(judged)} of {len(judged)} shifts"]
+        lines.append(f"| {r['shift']} | {r.get('tag') or '-'} | {r.get('metric', 'pearson')} | "
+                     f"{rec} | {r['confidence']:.2f} | {_f(r['p_value'], '.2g')} | {best} | "
+                     f"{_f(r.get('pearson_recommended'))} | {within} | {seeds} | {unc} |")
+    synth = [r for r in results if not r["shift"].startswith("real:")]
+    real = [r for r in results if r["shift"].startswith("real:")]
+    lines.append("")
+    if synth:
+        lines.append("- " + _summary(synth, "synthetic"))
+    if real:
+        lines.append("- " + _summary(real, "real data"))
+    if synth and real:
+        lines.append("- " + _summary(results, "all"))
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     (args.out / "validation.md").write_text(text)
