@@ -49,10 +49,10 @@ from .config import AdaptConfig
 from .distances import diag_w2
 from .events import AdaptResult, Evaluated, Event, Finished, Started, Step, StopReason
 from .sampling import fixed_batch, shard_sampler, to_tensor
+from .selection import KeepBest
 
 __all__ = ["run_adversarial", "trainable_layers"]
 
-_BLOWUP = 4.0
 RUN_STATE_FORMAT = "napari-lmadda-run"
 
 
@@ -351,8 +351,8 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
                 "d": D.state_dict(),
                 "opt_d": opt_d.state_dict(),
                 "opt_g": opt_g.state_dict(),
-                "best_state": best_state,
-                "best": [best_val, best_step, start_val, since_best],
+                "best_state": keep.best_state,
+                "best": keep.state(),
                 "history": history,
                 "rng": {"source": _rng_get(source), "target": _rng_get(target),
                         "torch": torch.get_rng_state()},
@@ -366,6 +366,7 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
     yield Started(method, layers, cfg.steps, n_params, str(device), cfg.bn_mode, cfg.criterion)
 
     history: list[dict[str, Any]] = []
+    keep = KeepBest(cfg.criterion, cfg.patience)
     step = 0
     if run_state is not None and Path(run_state).exists():
         st = _load_run_state(run_state, method, layers, cfg)
@@ -377,18 +378,15 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
         if scaler_d is not None and "scaler_d" in st:
             scaler_d.load_state_dict(st["scaler_d"])
             scaler_g.load_state_dict(st["scaler_g"])
-        best_state, history = st["best_state"], list(st["history"])
-        best_val, best_step, start_val, since_best = st["best"]
+        history = list(st["history"])
+        keep.restore(st["best"], st["best_state"])
         _rng_set(source, st["rng"]["source"])
         _rng_set(target, st["rng"]["target"])
         torch.set_rng_state(st["rng"]["torch"])
         first_step = int(st["step"]) + 1
     else:
         m0 = evaluate_everywhere(ema)
-        best_val, best_step, best_state = m0["criterion"], 0, snapshot()
-        if cfg.criterion == "d_acc":  # an untrained D is at chance: step 0 says nothing
-            best_val = math.inf
-        start_val, since_best = max(m0["criterion"], 1e-8), 0
+        keep.begin(m0["criterion"], snapshot())
         history.append({"step": 0, **m0})
         yield Evaluated(0, m0["criterion"], True, m0)
         first_step = 1
@@ -402,7 +400,7 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
             stop = distributed.any_flag(stop, device)
         if stop:
             reason, step = StopReason.CANCELLED, step - 1
-            message = f"cancelled after {step} steps; kept the state of step {best_step}"
+            message = f"cancelled after {step} steps; kept the state of step {keep.best_step}"
             break
         xs = to_tensor(source.sample(), device)
         xt = to_tensor(target.sample(), device)
@@ -471,36 +469,23 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
 
         if not math.isfinite(ld) or (g_updated and not math.isfinite(loss_g_val)):
             reason = StopReason.DIVERGED
-            message = f"losses became non-finite at step {step}; rolled back to step {best_step}"
+            message = (f"losses became non-finite at step {step}; "
+                       f"rolled back to step {keep.best_step}")
             break
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m = evaluate_everywhere(ema)
             val = m["criterion"]
-            improved = math.isfinite(val) and (val < best_val or cfg.criterion == "last")
-            if improved:
-                best_val, best_step, best_state, since_best = val, step, snapshot(), 0
-            else:
-                since_best += 1
+            improved = keep.offer(step, val, snapshot)
             history.append({"step": step, **m})
             if run_state is not None and main:
                 save_run_state()
             yield Evaluated(step, val, improved, m)
-            bounded = cfg.criterion in ("last", "d_acc")  # no blow-up rule for these
-            if not math.isfinite(val) or (
-                not bounded and val > _BLOWUP * start_val and val > 0.05
-            ):
-                reason = StopReason.DIVERGED
-                message = (
-                    f"criterion {cfg.criterion} rose to {val:.3g} (start {start_val:.3g}) at "
-                    f"step {step}; rolled back to step {best_step}"
-                )
-                break
-            if cfg.patience is not None and since_best >= cfg.patience:
-                reason = StopReason.EARLY_STOP
-                message = f"no improvement for {since_best} evaluations; kept step {best_step}"
+            halt = keep.stop(step, val)
+            if halt is not None:
+                reason, message = halt
                 break
 
-    ema.load_state_dict(best_state)
+    ema.load_state_dict(keep.best_state)
     result = ema.eval()
     for bn in batchnorms_upto(result):  # undo the momentum-0 trick of bn_mode="train"
         bn.momentum = 0.1
@@ -510,10 +495,10 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
         "method": method,
         "layers": list(layers),
         "trainable_layers": [first, last],
-        "best_step": best_step,
+        "best_step": keep.best_step,
         "steps_run": step,
         "criterion": cfg.criterion,
-        "criterion_value": best_val,
+        "criterion_value": keep.best_val,
         "stop_reason": reason.value,
         "config": cfg.to_dict(),
         "processes": world,
@@ -523,12 +508,12 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
             result,
             method,
             layers,
-            best_step,
+            keep.best_step,
             cfg.criterion,
             reason,
             history,
             step,
-            message or f"{reason.value}; kept step {best_step}",
+            message or f"{reason.value}; kept step {keep.best_step}",
             prov,
         )
     )

@@ -57,7 +57,6 @@ from ..models.discriminator import LayerDiscriminator
 from ..models.unet import UNetGenerator
 from .adabn import batchnorms_upto
 from .adversarial import (
-    _BLOWUP,
     RUN_STATE_FORMAT,
     _accuracy,
     _comparable,
@@ -73,6 +72,7 @@ from .config import APMA_PARTS, AdaptConfig
 from .distances import diag_w2
 from .events import AdaptResult, Evaluated, Event, Finished, Started, Step, StopReason
 from .sampling import fixed_batch, to_tensor
+from .selection import KeepBest
 
 __all__ = ["NAME", "run", "parse_parts", "ReconstructionDecoder", "apma_layers"]
 
@@ -311,8 +311,8 @@ def run(
                 "opt_d": opt_d.state_dict() if opt_d else {},
                 "opt_r": opt_r.state_dict() if opt_r else {},
                 "opt_g": opt_g.state_dict(),
-                "best_state": best_state,
-                "best": [best_val, best_step, start_val, since_best],
+                "best_state": keep.best_state,
+                "best": keep.state(),
                 "history": history,
                 "rng": {"source": _rng_get(source), "target": _rng_get(target),
                         "torch": torch.get_rng_state()},
@@ -324,6 +324,7 @@ def run(
     yield Started(NAME, used, cfg.steps, n_params, str(device), cfg.bn_mode, cfg.criterion)
 
     history: list[dict[str, Any]] = []
+    keep = KeepBest(cfg.criterion, cfg.patience)
     step = 0
     reason, message = StopReason.COMPLETED, ""
     resumed = run_state is not None and Path(run_state).exists()
@@ -338,15 +339,14 @@ def run(
         if opt_r:
             opt_r.load_state_dict(st["opt_r"])
         opt_g.load_state_dict(st["opt_g"])
-        best_state, history = st["best_state"], list(st["history"])
-        best_val, best_step, start_val, since_best = st["best"]
+        history = list(st["history"])
+        keep.restore(st["best"], st["best_state"])
         _rng_set(source, st["rng"]["source"])
         _rng_set(target, st["rng"]["target"])
         torch.set_rng_state(st["rng"]["torch"])
         first_step = int(st["step"]) + 1
     else:
-        best_val, best_step, best_state = math.inf, 0, snapshot()
-        start_val, since_best = 1e-8, 0
+        keep.best_state = snapshot()  # kept if cancelled during the warm-up
         first_step = 1
         # fit R alone through the frozen encoder: its first gradients must not be noise
         for _ in range(cfg.apma_warmup if use_rec and cfg.apma_rec_weight > 0 else 0):
@@ -365,10 +365,7 @@ def run(
             opt_r.step()
         if reason is StopReason.COMPLETED:
             m0 = evaluate(ema)
-            best_val, best_step, best_state = m0["criterion"], 0, snapshot()
-            if cfg.criterion == "d_acc":  # an untrained D is at chance: step 0 says nothing
-                best_val = math.inf
-            start_val = max(m0["criterion"], 1e-8)
+            keep.begin(m0["criterion"], snapshot())
             history.append({"step": 0, **m0})
             yield Evaluated(0, m0["criterion"], True, m0)
 
@@ -382,7 +379,7 @@ def run(
     for step in range(first_step, cfg.steps + 1):
         if cancel is not None and cancel():
             reason, step = StopReason.CANCELLED, step - 1
-            message = f"cancelled after {step} steps; kept the state of step {best_step}"
+            message = f"cancelled after {step} steps; kept the state of step {keep.best_step}"
             break
         xs = to_tensor(source.sample(), device)
         xt = to_tensor(target.sample(), device)
@@ -452,36 +449,23 @@ def run(
         )
         if (d_layers and not math.isfinite(ld)) or (g_updated and not g_finite):
             reason = StopReason.DIVERGED
-            message = f"losses became non-finite at step {step}; rolled back to step {best_step}"
+            message = (f"losses became non-finite at step {step}; "
+                       f"rolled back to step {keep.best_step}")
             break
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m = evaluate(ema)
             val = m["criterion"]
-            improved = math.isfinite(val) and (val < best_val or cfg.criterion == "last")
-            if improved:
-                best_val, best_step, best_state, since_best = val, step, snapshot(), 0
-            else:
-                since_best += 1
+            improved = keep.offer(step, val, snapshot)
             history.append({"step": step, **m})
             if run_state is not None:
                 save_run_state()
             yield Evaluated(step, val, improved, m)
-            bounded = cfg.criterion in ("last", "d_acc")
-            if not math.isfinite(val) or (
-                not bounded and val > _BLOWUP * start_val and val > 0.05
-            ):
-                reason = StopReason.DIVERGED
-                message = (
-                    f"criterion {cfg.criterion} rose to {val:.3g} (start {start_val:.3g}) at "
-                    f"step {step}; rolled back to step {best_step}"
-                )
-                break
-            if cfg.patience is not None and since_best >= cfg.patience:
-                reason = StopReason.EARLY_STOP
-                message = f"no improvement for {since_best} evaluations; kept step {best_step}"
+            halt = keep.stop(step, val)
+            if halt is not None:
+                reason, message = halt
                 break
 
-    ema.load_state_dict(best_state)
+    ema.load_state_dict(keep.best_state)
     result = ema.eval()
     for bn in batchnorms_upto(result):  # undo the momentum-0 trick of bn_mode="train"
         bn.momentum = 0.1
@@ -493,10 +477,10 @@ def run(
         "encoder_layer": en_layer,
         "layers": list(used),
         "trainable_layers": [first, last],
-        "best_step": best_step,
+        "best_step": keep.best_step,
         "steps_run": step,
         "criterion": cfg.criterion,
-        "criterion_value": best_val,
+        "criterion_value": keep.best_val,
         "stop_reason": reason.value,
         "config": cfg.to_dict(),
     }
@@ -505,12 +489,12 @@ def run(
             result,
             NAME,
             used,
-            best_step,
+            keep.best_step,
             cfg.criterion,
             reason,
             history,
             step,
-            message or f"{reason.value}; kept step {best_step}",
+            message or f"{reason.value}; kept step {keep.best_step}",
             prov,
         )
     )

@@ -64,11 +64,11 @@ from .config import AdaptConfig
 from .distances import diag_w2
 from .events import AdaptResult, Evaluated, Event, Finished, Started, Step, StopReason
 from .sampling import fixed_batch, to_tensor
+from .selection import KeepBest
 
 __all__ = ["NAME", "run", "SSDiscriminator"]
 
 NAME = "scgan"
-_BLOWUP = 4.0  # criterion above this multiple of its starting value counts as divergence
 
 
 class SSDiscriminator(nn.Module):
@@ -279,8 +279,8 @@ def run(
                          "D_t": D_t.state_dict()},
                 "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(),
-                "best_state": best_state,
-                "best": [best_val, best_step, start_val, since_best],
+                "best_state": keep.best_state,
+                "best": keep.state(),
                 "history": history,
                 "rng": {"source": _rng_get(source), "target": _rng_get(target),
                         "torch": torch.get_rng_state()},
@@ -292,6 +292,7 @@ def run(
     yield Started(NAME, (), cfg.steps, n_params, str(device), "eval", cfg.criterion)
 
     history: list[dict[str, Any]] = []
+    keep = KeepBest(cfg.criterion, cfg.patience)
     if run_state is not None and Path(run_state).exists():
         st = _load_run_state(run_state, NAME, (), cfg)
         nets = st["nets"]
@@ -300,18 +301,15 @@ def run(
             net.load_state_dict(nets[key])
         opt_g.load_state_dict(st["opt_g"])
         opt_d.load_state_dict(st["opt_d"])
-        best_state, history = st["best_state"], list(st["history"])
-        best_val, best_step, start_val, since_best = st["best"]
+        history = list(st["history"])
+        keep.restore(st["best"], st["best_state"])
         _rng_set(source, st["rng"]["source"])
         _rng_set(target, st["rng"]["target"])
         torch.set_rng_state(st["rng"]["torch"])
         first_step = int(st["step"]) + 1
     else:
         m0 = evaluate(ema_T, ema_F)
-        best_val, best_step, best_state = m0["criterion"], 0, snapshot()
-        if cfg.criterion == "d_acc":  # an untrained D says nothing at step 0
-            best_val = math.inf
-        start_val, since_best = max(m0["criterion"], 1e-8), 0
+        keep.begin(m0["criterion"], snapshot())
         history.append({"step": 0, **m0})
         yield Evaluated(0, m0["criterion"], True, m0)
         first_step = 1
@@ -323,7 +321,7 @@ def run(
     for step in range(first_step, cfg.steps + 1):
         if cancel is not None and cancel():
             reason, step = StopReason.CANCELLED, step - 1
-            message = f"cancelled after {step} steps; kept the state of step {best_step}"
+            message = f"cancelled after {step} steps; kept the state of step {keep.best_step}"
             break
         xs = _crop(to_tensor(source.sample(), device), cfg.scgan_crop)
         yt = _crop(to_tensor(target.sample(), device), cfg.scgan_crop)
@@ -366,35 +364,24 @@ def run(
                    elapsed / (step - first_step + 1) * (cfg.steps - step))
         if not all(math.isfinite(v) for v in (ld, lg, lc)):
             reason = StopReason.DIVERGED
-            message = f"losses became non-finite at step {step}; rolled back to step {best_step}"
+            message = (f"losses became non-finite at step {step}; "
+                       f"rolled back to step {keep.best_step}")
             break
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m = evaluate(ema_T, ema_F)
             val = m["criterion"]
-            improved = math.isfinite(val) and (val < best_val or cfg.criterion == "last")
-            if improved:
-                best_val, best_step, best_state, since_best = val, step, snapshot(), 0
-            else:
-                since_best += 1
+            improved = keep.offer(step, val, snapshot)
             history.append({"step": step, **m})
             if run_state is not None:
                 save_run_state()
             yield Evaluated(step, val, improved, m)
-            bounded = cfg.criterion in ("last", "d_acc")
-            if not math.isfinite(val) or (
-                not bounded and val > _BLOWUP * start_val and val > 0.05
-            ):
-                reason = StopReason.DIVERGED
-                message = (f"criterion {cfg.criterion} rose to {val:.3g} (start "
-                           f"{start_val:.3g}) at step {step}; rolled back to step {best_step}")
-                break
-            if cfg.patience is not None and since_best >= cfg.patience:
-                reason = StopReason.EARLY_STOP
-                message = f"no improvement for {since_best} evaluations; kept step {best_step}"
+            halt = keep.stop(step, val)
+            if halt is not None:
+                reason, message = halt
                 break
 
     kept = Translator(tcfg).to(device)
-    kept.load_state_dict(best_state)
+    kept.load_state_dict(keep.best_state)
     result = TranslatedModel(kept, copy.deepcopy(model).to(device)).eval()
     result.requires_grad_(False)
     result.meta = {**getattr(model, "meta", {})}
@@ -402,14 +389,14 @@ def run(
         "method": NAME,
         "layers": [],
         "translator": tcfg.to_dict(),
-        "best_step": best_step,
+        "best_step": keep.best_step,
         "steps_run": step,
         "criterion": cfg.criterion,
-        "criterion_value": best_val,
+        "criterion_value": keep.best_val,
         "stop_reason": reason.value,
         "config": cfg.to_dict(),
     }
     yield Finished(
-        AdaptResult(result, NAME, (), best_step, cfg.criterion, reason, history, step,
-                    message or f"{reason.value}; kept step {best_step}", prov)
+        AdaptResult(result, NAME, (), keep.best_step, cfg.criterion, reason, history, step,
+                    message or f"{reason.value}; kept step {keep.best_step}", prov)
     )
