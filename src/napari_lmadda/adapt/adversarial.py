@@ -122,6 +122,17 @@ def trainable_layers(
     return first, last
 
 
+def kept_model(ema: UNetGenerator, best_state: dict, model: UNetGenerator) -> UNetGenerator:
+    """The EMA network with the kept weights, frozen, in eval mode, with G's metadata."""
+    ema.load_state_dict(best_state)
+    result = ema.eval()
+    for bn in batchnorms_upto(result):  # undo the momentum-0 trick of bn_mode="train"
+        bn.momentum = 0.1
+    result.requires_grad_(False)
+    result.meta = {**getattr(model, "meta", {})}
+    return result
+
+
 def _set_bn_mode(model: UNetGenerator, mode: str) -> None:
     """eval: running stats; train: batch stats with running stats frozen (momentum 0)."""
     model.eval()
@@ -485,12 +496,7 @@ def _run(model, source, target, *, layers, cfg, method, device, cancel, monitor,
                 reason, message = halt
                 break
 
-    ema.load_state_dict(keep.best_state)
-    result = ema.eval()
-    for bn in batchnorms_upto(result):  # undo the momentum-0 trick of bn_mode="train"
-        bn.momentum = 0.1
-    result.requires_grad_(False)
-    result.meta = {**getattr(model, "meta", {})}
+    result = kept_model(ema, keep.best_state, model)
     prov = {
         "method": method,
         "layers": list(layers),

@@ -55,7 +55,6 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.discriminator import LayerDiscriminator
 from ..models.unet import UNetGenerator
-from .adabn import batchnorms_upto
 from .adversarial import (
     RUN_STATE_FORMAT,
     _accuracy,
@@ -66,6 +65,7 @@ from .adversarial import (
     _rng_set,
     _set_bn_mode,
     _taps,
+    kept_model,
     trainable_layers,
 )
 from .config import APMA_PARTS, AdaptConfig
@@ -465,12 +465,7 @@ def run(
                 reason, message = halt
                 break
 
-    ema.load_state_dict(keep.best_state)
-    result = ema.eval()
-    for bn in batchnorms_upto(result):  # undo the momentum-0 trick of bn_mode="train"
-        bn.momentum = 0.1
-    result.requires_grad_(False)
-    result.meta = {**getattr(model, "meta", {})}
+    result = kept_model(ema, keep.best_state, model)
     prov = {
         "method": NAME,
         "apma_parts": "+".join(p for p in APMA_PARTS if p in parts),
