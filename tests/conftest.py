@@ -31,3 +31,23 @@ def tiny_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
     save_model(model, path, provenance={"source": "test fixture"})
     return path
+
+
+@pytest.fixture(scope="module")
+def domains():
+    """Three tiny unlabeled source fields and three overexposed target fields (64 px)."""
+    from napari_lmadda.data.synthetic import make_domain
+
+    src = make_domain(3, size=64, seed=0)["input"]
+    tgt = make_domain(3, size=64, seed=1, shift="overexpose", magnitude=2.0)["input"]
+    return src, tgt
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Capture napari error notifications instead of showing them."""
+    import napari.utils.notifications as notifications
+
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
+    return shown

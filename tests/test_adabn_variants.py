@@ -15,7 +15,7 @@ from napari_lmadda.adapt.adabn import (
 from napari_lmadda.adapt.config import AdaptConfig
 from napari_lmadda.adapt.engine import adapt
 from napari_lmadda.cli import main
-from napari_lmadda.data.synthetic import make_domain, write_domain
+from napari_lmadda.data.synthetic import write_domain
 from napari_lmadda.errors import ConfigError
 from napari_lmadda.models import UNetGenerator, read_checkpoint, save_model
 
@@ -37,13 +37,6 @@ def model():
 def batches():
     g = torch.Generator().manual_seed(2)
     return [torch.rand(3, 1, 32, 32, generator=g) * 2 - 0.5 for _ in range(4)]
-
-
-@pytest.fixture(scope="module")
-def domains():
-    src = make_domain(3, size=64, seed=0)["input"]
-    tgt = make_domain(3, size=64, seed=1, shift="overexpose", magnitude=2.0)["input"]
-    return src, tgt
 
 
 def stats(m, layer):

@@ -12,18 +12,11 @@ from napari_lmadda.adapt.engine import adapt, iter_adapt
 from napari_lmadda.adapt.events import Evaluated, Finished, Started, Step, StopReason
 from napari_lmadda.cli import main
 from napari_lmadda.data.datasets import ArrayDataset, PatchSampler
-from napari_lmadda.data.synthetic import make_domain, write_domain
+from napari_lmadda.data.synthetic import write_domain
 from napari_lmadda.errors import ConfigError
 from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, save_model
 
 N = 5  # num_downs: layers 1..10, bottleneck 5, last decoder features 9, output 10
-
-
-@pytest.fixture(scope="module")
-def domains():
-    src = make_domain(3, size=64, seed=0)["input"]
-    tgt = make_domain(3, size=64, seed=1, shift="overexpose", magnitude=2.0)["input"]
-    return src, tgt
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,11 @@ from napari_lmadda.adapt.config import AdaptConfig
 from napari_lmadda.adapt.engine import adapt, iter_adapt
 from napari_lmadda.adapt.events import Evaluated, Finished, Started, Step, StopReason
 from napari_lmadda.data.datasets import ArrayDataset, PatchSampler
-from napari_lmadda.data.synthetic import make_domain
 from napari_lmadda.errors import ConfigError
 from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, save_model
 
 NUM_DOWNS = 5  # 10 layers; patches of 32 px
 
-
-
-@pytest.fixture(scope="module")
-def domains():
-    src = make_domain(3, size=64, seed=0)["input"]
-    tgt = make_domain(3, size=64, seed=1, shift="overexpose", magnitude=2.0)["input"]
-    return src, tgt
 
 
 @pytest.fixture(scope="module")

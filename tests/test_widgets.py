@@ -12,16 +12,6 @@ PLUGIN = "napari-lmadda"
 
 
 @pytest.fixture
-def errors(monkeypatch):
-    """Capture napari error notifications instead of showing them."""
-    import napari.utils.notifications as notifications
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
-    return shown
-
-
-@pytest.fixture
 def docks(make_napari_viewer):
     viewer = make_napari_viewer()
     widgets = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
