@@ -33,9 +33,9 @@ import torch
 
 from napari_lmadda.adapt.config import AdaptConfig
 from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
+from napari_lmadda.evaluation.sweep import EvalSet, iter_sweep, pearson_per_channel
 from napari_lmadda.jsonsafe import json_safe
 from napari_lmadda.models import UNetConfig, load_model
-from napari_lmadda.sweep import EvalSet, iter_sweep, pearson_per_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "quality"

@@ -161,8 +161,8 @@ def model_path(out: Path, task: str, seed: int = 0) -> Path:
 # ------------------------------------------------------------------ scoring
 def score(model, images: list[np.ndarray], truths: list[np.ndarray], task: str) -> dict:
     """Mean per-image metrics (EM: Dice/Jaccard at 0.5 and Pearson; Allen: Pearson)."""
-    from napari_lmadda.metrics import dice, jaccard, pearson
-    from napari_lmadda.predict import predict_image
+    from napari_lmadda.evaluation.metrics import dice, jaccard, pearson
+    from napari_lmadda.inference.predict import predict_image
 
     tile = 256 if task == "em" else 128
     rows: dict[str, list[float]] = {}
@@ -257,8 +257,8 @@ def _label_free_target(d: dict) -> list[np.ndarray]:
 
 def cmd_recommend(args: argparse.Namespace, data: Path) -> None:
     """The label-free layer recommendation for a task (and shift)."""
+    from napari_lmadda.adapt.recommend import format_recommendation_table, recommend_layer
     from napari_lmadda.models import load_model
-    from napari_lmadda.recommend import format_recommendation_table, recommend_layer
 
     model = load_model(model_path(Path(args.out), args.task, args.model_seed))
     d = load_task(data, args.task, args.shift)

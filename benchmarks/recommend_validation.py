@@ -3,7 +3,7 @@
 For a source model (default: the bundled demo model) and the synthetic shifts of
 ``benchmarks/quality.py`` (bright field, overexposure 1.5x, scale 2x; same fields: source
 seed 11, target seed 12, 48 fields of 256 px), this computes the recommended layer
-(:func:`napari_lmadda.recommend.recommend_layer`) and, when per-layer Pearson results exist,
+(:func:`napari_lmadda.adapt.recommend.recommend_layer`) and, when per-layer Pearson results exist,
 asks the question of issue 6: is the recommended layer's Pearson within 0.02 of the best
 layer's?
 
@@ -53,14 +53,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
-from napari_lmadda.models import load_model
-from napari_lmadda.recommend import (
+from napari_lmadda.adapt.recommend import (
     format_recommendation_table,
     plot_recommendation,
     recommend_layer,
     select_layer_by_uncertainty,
 )
+from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
+from napari_lmadda.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "recommend"
@@ -108,7 +108,7 @@ def uncertainty_selection(model, source, target, test, layers, seeds, steps, pat
     from napari_lmadda.adapt.config import AdaptConfig
     from napari_lmadda.adapt.engine import adapt
     from napari_lmadda.data.normalize import percentile_normalize
-    from napari_lmadda.sweep import EvalSet, pearson_per_channel
+    from napari_lmadda.evaluation.sweep import EvalSet, pearson_per_channel
 
     ensembles, pearson = {}, {}
     truths = [np.stack([test["dapi"][i], test["cd29"][i]])[: model.config.out_channels]

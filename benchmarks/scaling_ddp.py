@@ -158,7 +158,7 @@ def amp_check(steps: int, batch: int) -> list[dict]:
     from napari_lmadda.adapt.engine import adapt
     from napari_lmadda.adapt.events import Step
     from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
-    from napari_lmadda.predict import predict_image
+    from napari_lmadda.inference.predict import predict_image
 
     torch.set_num_threads(1)
     model = _model("demo")

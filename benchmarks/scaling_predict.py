@@ -66,9 +66,9 @@ def _child(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from napari_lmadda.inference.predict import predict_image
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
     from napari_lmadda.models.checkpoint import load_model
-    from napari_lmadda.predict import predict_image
-    from napari_lmadda.predict_dask import predict_folder_dask
 
     model = load_model("demo", device="cpu")
     # warm up (imports, oneDNN kernels) before the baseline
@@ -118,9 +118,9 @@ def _run_child(spec: dict) -> dict:
 def throughput(tmp: Path, n: int, size: int) -> list[dict]:
     import torch
 
+    from napari_lmadda.inference.predict import predict_folder
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
     from napari_lmadda.models.checkpoint import load_model
-    from napari_lmadda.predict import predict_folder
-    from napari_lmadda.predict_dask import predict_folder_dask
 
     torch.set_num_threads(1)
     images = _make_folder(tmp / "throughput", n, size)
@@ -166,9 +166,9 @@ def amp_table(n: int, size: int) -> list[dict]:
     import torch
 
     from napari_lmadda.data.synthetic import make_domain
-    from napari_lmadda.metrics import pearson
+    from napari_lmadda.evaluation.metrics import pearson
+    from napari_lmadda.inference.predict import predict_image
     from napari_lmadda.models.checkpoint import load_model
-    from napari_lmadda.predict import predict_image
 
     torch.set_num_threads(1)
     model = load_model("demo", device="cpu")

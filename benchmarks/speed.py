@@ -166,7 +166,7 @@ _MEMORY_SNIPPET = textwrap.dedent("""
     import numpy as np, psutil, torch
     torch.set_num_threads({threads})
     from napari_lmadda.models import UNetGenerator
-    from napari_lmadda.predict import predict_image
+    from napari_lmadda.inference.predict import predict_image
     torch.manual_seed(0)
     model = UNetGenerator(num_downs={num_downs}, ngf={ngf}, out_channels={out_channels}).eval()
     rng = np.random.default_rng(0)

@@ -257,7 +257,7 @@ def test_cli_adapt_with_apma_parts(tmp_path, capsys, source_model):
 
 
 def test_sweep_runs_apma_as_a_baseline(source_model, domains):
-    from napari_lmadda.sweep import run_sweep
+    from napari_lmadda.evaluation.sweep import run_sweep
 
     runs = run_sweep(source_model, *domains, layers="", methods=["none", "apma"], seeds=[0],
                      config=cfg(steps=2, apma_parts="de_pred"))

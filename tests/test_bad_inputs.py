@@ -32,8 +32,8 @@ from napari_lmadda.errors import (
     LmaddaError,
     OutputWriteError,
 )
+from napari_lmadda.inference.predict import output_paths, predict_folder, predict_image
 from napari_lmadda.models import UNetGenerator, load_model, save_model
-from napari_lmadda.predict import output_paths, predict_folder, predict_image
 
 # files of the messy folder that no reader can use, and why (a word of the message)
 BAD = {
@@ -130,7 +130,7 @@ def test_folder_of_only_junk_is_empty_and_says_why(tmp_path):
 
 
 def test_napari_reader_opens_messy_folder_one_layer_per_size(messy):
-    from napari_lmadda._reader import read_image_groups
+    from napari_lmadda.data.groups import read_image_groups
 
     groups, skipped = read_image_groups(messy)
     assert sorted(s.split(":")[0] for s in skipped) == sorted(BAD)

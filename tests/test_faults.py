@@ -24,7 +24,7 @@ import tifffile
 
 from napari_lmadda.cli import main
 from napari_lmadda.errors import OutputExistsError, OutputWriteError
-from napari_lmadda.predict import predict_folder
+from napari_lmadda.inference.predict import predict_folder
 
 # Runs in its own process. argv: folder, rounds per kind, seed. Prints one JSON line per round.
 _DRIVER = r"""

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from napari_lmadda.errors import CheckpointError, ConfigError
-from napari_lmadda.fid import (
+from napari_lmadda.evaluation.fid import (
     fid_kid,
     frechet_distance,
     image_features,

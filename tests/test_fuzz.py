@@ -31,8 +31,8 @@ from napari_lmadda.data import io as lio
 from napari_lmadda.data.io import ImageWarning
 from napari_lmadda.data.normalize import NormalizationWarning, percentile_normalize
 from napari_lmadda.errors import CheckpointError, ConfigError, LmaddaError
+from napari_lmadda.inference.predict import predict_image
 from napari_lmadda.models import UNetGenerator, load_model, save_model
-from napari_lmadda.predict import predict_image
 
 _LONG = int(os.environ.get("LMADDA_FUZZ_EXAMPLES", "0"))
 ALLOWED_WARNINGS = (ImageWarning, NormalizationWarning)

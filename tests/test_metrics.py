@@ -1,4 +1,4 @@
-"""Tests of napari_lmadda.metrics and the `lmadda evaluate` command."""
+"""Tests of napari_lmadda.evaluation.metrics and the `lmadda evaluate` command."""
 
 from __future__ import annotations
 

@@ -140,3 +140,38 @@ def test_property_percentile_round_trip(img, pl, ph):
     x = img.astype(np.float64)
     tol = 1e-6 * (np.abs(x).max() + (params.hi - params.lo) + 1.0)
     assert np.abs(back - x).max() <= tol
+
+
+def test_target_norm_round_trip_per_channel():
+    from napari_lmadda.data.normalize import TargetNorm
+
+    tn = TargetNorm((13689.0, -2.0), (65535.0, 3.0), mode="dataset", percentiles=(0.1, 99.9))
+    x = np.stack([np.linspace(13689, 65535, 50), np.linspace(-2, 3, 50)]).reshape(2, 5, 10)
+    y = tn.encode(x)
+    assert y.min() == pytest.approx(-1.0) and y.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(tn.decode(y), x, rtol=1e-5)
+    again = TargetNorm.from_meta(tn.to_meta(), 2)
+    assert again == tn
+
+
+def test_target_norm_reads_legacy_range_for_every_channel():
+    from napari_lmadda.data.normalize import TargetNorm
+
+    tn = TargetNorm.from_meta({"target_range": [-0.05, 1.05]}, 3)
+    assert tn.lo == (-0.05,) * 3 and tn.hi == (1.05,) * 3 and tn.mode == "fixed"
+    np.testing.assert_allclose(tn.decode(np.zeros((3, 2, 2)))[:, 0, 0], 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("meta", [
+    {"target_range": [[0, 1]]},              # one pair for two channels
+    {"target_range": [0, 0]},                # lo == hi
+    {"target_range": ["a", 1]},
+    {"target_range": [[0, 1], [0, float("nan")]]},
+    {"target_range": [0, 1], "target_norm": {"mode": "bogus"}},
+])
+def test_target_norm_refuses_bad_meta(meta):
+    from napari_lmadda.data.normalize import TargetNorm
+    from napari_lmadda.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        TargetNorm.from_meta(meta, 2)

@@ -11,8 +11,8 @@ import tifffile
 from napari_lmadda.cli import main
 from napari_lmadda.data.io import ImageWarning, read_tiff_metadata
 from napari_lmadda.errors import ConfigError, OutputExistsError
+from napari_lmadda.inference.predict import predict_folder, predict_image
 from napari_lmadda.models import UNetGenerator
-from napari_lmadda.predict import predict_folder, predict_image
 
 dask = pytest.importorskip("dask")
 zarr = pytest.importorskip("zarr", minversion="3")
@@ -46,7 +46,7 @@ def folder(tmp_path):
 
 
 def _lazy(model, img, **kw):
-    from napari_lmadda.predict_dask import predict_lazy
+    from napari_lmadda.inference.predict_dask import predict_lazy
 
     return predict_lazy(model, img, **kw)
 
@@ -90,7 +90,7 @@ def test_lazy_prediction_of_a_zarr_array_reads_regions(model, tmp_path):
 
 
 def test_large_tiff_is_read_region_by_region(model, tmp_path, monkeypatch):
-    import napari_lmadda.predict_dask as pd
+    import napari_lmadda.inference.predict_dask as pd
 
     img = (np.random.default_rng(4).random((70, 90)) * 60000).astype(np.uint16)
     tifffile.imwrite(tmp_path / "big.tif", img, tile=(32, 32))
@@ -113,7 +113,7 @@ def test_large_tiff_is_read_region_by_region(model, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ folders
 def test_folder_with_dask_writes_what_predict_folder_writes(model, folder, tmp_path):
-    from napari_lmadda.predict_dask import predict_folder_dask
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
 
     with pytest.warns(ImageWarning) as caught:
         ref = predict_folder(model, folder, tmp_path / "ref", tile=32, overlap=8)
@@ -133,7 +133,7 @@ def test_folder_with_dask_writes_what_predict_folder_writes(model, folder, tmp_p
 
 
 def test_folder_refuses_existing_outputs_and_stops_on_error(model, folder, tmp_path):
-    from napari_lmadda.predict_dask import predict_folder_dask
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
 
     out = tmp_path / "out"
     with pytest.raises(Exception, match="e_bad.tif"):
@@ -151,7 +151,7 @@ def test_folder_refuses_existing_outputs_and_stops_on_error(model, folder, tmp_p
 
 # ------------------------------------------------------------------ OME-Zarr
 def test_ome_zarr_output_round_trip_and_metadata(model, folder, tmp_path):
-    from napari_lmadda.predict_dask import predict_folder_dask
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -185,7 +185,7 @@ def test_ome_zarr_output_is_read_by_the_ome_zarr_library(model, tmp_path):
     ome_reader = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
 
-    from napari_lmadda.predict_dask import predict_folder_dask
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
 
     tifffile.imwrite(tmp_path / "x.tif", np.random.default_rng(5).random((40, 40)))
     rep = predict_folder_dask(model, tmp_path / "x.tif", tmp_path / "o", tile=32,
@@ -198,7 +198,7 @@ def test_ome_zarr_output_is_read_by_the_ome_zarr_library(model, tmp_path):
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_ome_zarr_input_0_4_and_0_5(model, tmp_path, zarr_format):
-    from napari_lmadda.predict_dask import predict_folder_dask
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
 
     img = np.random.default_rng(6).random((2, 45, 50)).astype(np.float32)  # c, y, x
     path = tmp_path / "in" / "cells.ome.zarr"
@@ -247,7 +247,7 @@ def test_cli_on_a_distributed_cluster_and_ome_zarr(tiny_model_path, folder, tmp_
 
 
 def test_cli_scheduler_errors_are_one_line(tiny_model_path, folder, tmp_path, capsys):
-    from napari_lmadda.predict_dask import DaskRunner
+    from napari_lmadda.inference.predict_dask import DaskRunner
 
     pytest.importorskip("distributed")
     with pytest.raises(ConfigError, match="cannot reach a dask scheduler"):
@@ -271,7 +271,7 @@ def test_cli_scheduler_errors_are_one_line(tiny_model_path, folder, tmp_path, ca
 def test_bf16_autocast_keeps_pearson_of_the_demo_model():
     """bf16 autocast on CPU: predictions correlate > 0.999 with float32, Pearson drop tiny."""
     from napari_lmadda.data.synthetic import make_domain
-    from napari_lmadda.metrics import pearson
+    from napari_lmadda.evaluation.metrics import pearson
     from napari_lmadda.models.checkpoint import load_model
 
     demo = load_model("demo", device="cpu")

@@ -8,11 +8,7 @@ import pytest
 import torch
 
 from napari_lmadda.adapt.distances import layer_distances, pairwise_distances
-from napari_lmadda.cli import main
-from napari_lmadda.data.io import read_tiff_metadata
-from napari_lmadda.data.synthetic import make_domain, write_domain
-from napari_lmadda.models import UNetGenerator, save_model
-from napari_lmadda.recommend import (
+from napari_lmadda.adapt.recommend import (
     LayerGap,
     choose_layer,
     measure_layer_gaps,
@@ -20,13 +16,17 @@ from napari_lmadda.recommend import (
     recommend_layer,
     select_layer_by_uncertainty,
 )
-from napari_lmadda.uncertainty import (
+from napari_lmadda.cli import main
+from napari_lmadda.data.io import read_tiff_metadata
+from napari_lmadda.data.synthetic import make_domain, write_domain
+from napari_lmadda.inference.uncertainty import (
     has_dropout,
     predictive_uncertainty,
     trust_map,
     uncertainty_method,
     uncertainty_score,
 )
+from napari_lmadda.models import UNetGenerator, save_model
 
 QUICK = {"patch_size": 64, "n_patches": 16, "device": "cpu"}
 

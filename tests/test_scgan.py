@@ -13,10 +13,10 @@ from napari_lmadda.adapt.engine import METHODS, adapt, iter_adapt
 from napari_lmadda.adapt.events import Evaluated, Finished, Started, Step, StopReason
 from napari_lmadda.adapt.scgan import SSDiscriminator
 from napari_lmadda.errors import CheckpointError, ConfigError
+from napari_lmadda.inference.predict import predict_image
 from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, save_model
 from napari_lmadda.models.checkpoint import atomic_torch_save
 from napari_lmadda.models.translated import TranslatedModel, Translator, TranslatorConfig
-from napari_lmadda.predict import predict_image
 
 
 def _domains(n: int = 6, size: int = 64):

@@ -116,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data.io import write_tiff
     from ..data.synthetic import make_domain
     from ..devices import resolve_device
-    from ..metrics import pearson
+    from ..evaluation.metrics import pearson
+    from ..inference.predict import predict_image
     from ..models import load_model, save_model
-    from ..predict import predict_image
 
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]

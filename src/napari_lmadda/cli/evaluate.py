@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.io import atomic_write
     from ..errors import OutputExistsError
-    from ..metrics import evaluate_folders, format_table, result_to_json
+    from ..evaluation.metrics import evaluate_folders, format_table, result_to_json
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     if args.json is not None and args.json.exists() and not args.overwrite:

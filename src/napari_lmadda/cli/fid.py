@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute and print FID and KID."""
     from ..devices import resolve_device
-    from ..fid import fid_kid
+    from ..evaluation.fid import fid_kid
     from ._common import check_folder, load_model_one_line
 
     a = check_folder(args.a, "--a")

@@ -1,6 +1,6 @@
 """``lmadda predict``: virtual staining of every image of a folder, written as TIFFs or OME-Zarr.
 
-The work runs as a dask graph (:mod:`napari_lmadda.predict_dask`): lazy reads, one task per
+The work runs as a dask graph (:mod:`~.inference.predict_dask`): lazy reads, one task per
 group of tiles and per output chunk, a few images in flight at a time, each written as soon
 as it is done, so memory stays flat on large folders and large images. ``--scheduler``
 picks dask's local threaded scheduler (default, ``--workers`` threads), the synchronous one,
@@ -14,7 +14,7 @@ temporary folder renamed when complete). ``--amp bf16`` / ``fp16`` runs the netw
 precision. With ``--uncertainty``, a
 trust map ``<stem>_trust.tif`` is written beside each prediction: the per-pixel standard
 deviation of several predictions (MC dropout, or flips/rotations for a model without
-dropout; see :mod:`napari_lmadda.uncertainty`), float32, same axes, in stain units, with how
+dropout; see :mod:`~.inference.uncertainty`), float32, same axes, in stain units, with how
 it was computed in the metadata. Existing outputs are never replaced without
 ``--overwrite``. Exit code 0 when every file was predicted, 1 when some
 were skipped (unreadable), 2 for bad input.
@@ -77,7 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict the folder, print one line per file and the summary."""
     from ..errors import ConfigError, OutputExistsError
-    from ..predict_dask import DaskRunner, iter_predict_folder_dask, list_inputs, output_targets
+    from ..inference.predict_dask import (
+        DaskRunner,
+        iter_predict_folder_dask,
+        list_inputs,
+        output_targets,
+    )
     from ._common import load_model_one_line, make_output_folder
 
     if args.tile < 1 or args.overlap < 0 or args.batch < 1:
@@ -156,7 +161,7 @@ def _write_trust_maps(model, files, written, args: argparse.Namespace) -> int:
 
     from ..data.io import read_planes, write_tiff
     from ..errors import LmaddaError
-    from ..uncertainty import trust_map, uncertainty_method
+    from ..inference.uncertainty import trust_map, uncertainty_method
 
     method = uncertainty_method(model)
     how = {
@@ -168,7 +173,7 @@ def _write_trust_maps(model, files, written, args: argparse.Namespace) -> int:
     print(f"trust maps: {how}, {n} predictions per tile", flush=True)
     meta = getattr(model, "meta", {}) or {}
     names = meta.get("channel_names") or [f"channel{i}" for i in range(model.config.out_channels)]
-    from ..predict import output_path
+    from ..inference.predict import output_path
 
     done = {Path(w).resolve() for w in written}
     out = Path(args.out)

@@ -3,7 +3,7 @@
 Measures the domain gap at every layer of the source model (three distances and a short
 discriminator probe), prints the per-layer table and the recommendation with its confidence
 and reason, and with ``--out`` writes ``recommend.json`` and ``recommend.png``. The logic
-lives in :mod:`napari_lmadda.recommend` (its docstring states the rule).
+lives in :mod:`napari_lmadda.adapt.recommend` (its docstring states the rule).
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print the table and the recommendation, write the files."""
-    from ..errors import ConfigError, OutputExistsError
-    from ..recommend import (
+    from ..adapt.recommend import (
         format_recommendation_table,
         recommend_layer,
         write_recommendation,
     )
+    from ..errors import ConfigError, OutputExistsError
     from ._common import load_model_one_line
     from .adapt import open_images
 

@@ -1,7 +1,7 @@
 """``lmadda sweep``: adapt at every listed layer and the baselines, for several seeds.
 
 Writes ``sweep.json``, ``sweep.csv`` and ``sweep.png`` (Pearson by layer matched, as in the
-paper) to ``--out`` and prints the table. The logic lives in :mod:`napari_lmadda.sweep`.
+paper) to ``--out`` and prints the table. The logic lives in :mod:`napari_lmadda.evaluation.sweep`.
 Ctrl-C stops after the current run (its best state is still scored) and writes what ran.
 """
 
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, print one line per run, then the table; write the files."""
     from ..errors import ConfigError, OutputExistsError
-    from ..sweep import (
+    from ..evaluation.sweep import (
         format_sweep_table,
         iter_sweep,
         load_eval_set,

@@ -25,6 +25,8 @@ __all__ = [
     "fixed_range_normalize",
     "apply_normalization",
     "denormalize",
+    "TARGET_MODES",
+    "TargetNorm",
 ]
 
 #: Default (low, high) percentiles of per-image input normalisation.
@@ -256,3 +258,129 @@ def denormalize(
     y = np.asarray(out, dtype=np.float64)
     x = params.lo + (y + 1.0) * 0.5 * (params.hi - params.lo)
     return x.astype(dtype)
+
+
+#: How a model's target normalisation was chosen (``TargetNorm.mode``): ``dataset`` = robust
+#: percentiles over the whole training set per channel; ``image`` = per-image percentiles
+#: (CARE-style; predictions are in normalised units); ``fixed`` = a given range (the range
+#: of every model file written before the target normalisation was learned).
+TARGET_MODES: tuple[str, ...] = ("dataset", "image", "fixed")
+
+
+@dataclass(frozen=True)
+class TargetNorm:
+    """How a model's output channels map to stain units (stored in the model file).
+
+    Channel ``c`` of the network's output ``y`` (tanh, in ``[-1, 1]``) means the stain value
+    ``lo[c] + (y + 1) / 2 * (hi[c] - lo[c])``; training encodes targets with the inverse.
+
+    Attributes
+    ----------
+    lo, hi : tuple of float
+        Per output channel, the stain values the network's -1 and +1 stand for
+        (``lo[c] != hi[c]``, both finite).
+    mode : {"dataset", "image", "fixed"}
+        How ``lo``/``hi`` were chosen (see :data:`TARGET_MODES`).
+    percentiles : (float, float) or None
+        The percentiles behind ``dataset`` and ``image`` modes.
+    units : {"target", "normalised"}
+        ``target``: decoded predictions are in the training targets' own units;
+        ``normalised``: they are per-image normalised values (``image`` mode), not
+        comparable with the targets' raw intensities.
+    """
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    mode: str = "fixed"
+    percentiles: tuple[float, float] | None = None
+    units: str = "target"
+
+    def __post_init__(self) -> None:
+        lo = tuple(float(v) for v in self.lo)
+        hi = tuple(float(v) for v in self.hi)
+        if not lo or len(lo) != len(hi):
+            raise ConfigError(f"target range needs one (lo, hi) per channel, got {lo}, {hi}")
+        for a, b in zip(lo, hi):
+            if not (np.isfinite(a) and np.isfinite(b)) or a == b:
+                raise ConfigError(f"target range needs finite lo != hi, got ({a}, {b})")
+        if self.mode not in TARGET_MODES:
+            raise ConfigError(f"target normalisation mode must be one of {TARGET_MODES}, "
+                              f"got {self.mode!r}")
+        if self.units not in ("target", "normalised"):
+            raise ConfigError(f"target units must be 'target' or 'normalised', got {self.units!r}")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+        if self.percentiles is not None:
+            pl, ph = (float(v) for v in self.percentiles)
+            _check_percentiles(pl, ph)
+            object.__setattr__(self, "percentiles", (pl, ph))
+
+    @property
+    def channels(self) -> int:
+        """Number of output channels described."""
+        return len(self.lo)
+
+    @classmethod
+    def fixed(cls, lo: float, hi: float, channels: int = 1) -> TargetNorm:
+        """The same fixed range for every channel (e.g. the legacy ``(-0.05, 1.05)``)."""
+        return cls((lo,) * channels, (hi,) * channels, mode="fixed")
+
+    def _bounds(self, ndim: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = [1] * ndim
+        shape[axis] = self.channels
+        lo = np.asarray(self.lo, np.float64).reshape(shape)
+        hi = np.asarray(self.hi, np.float64).reshape(shape)
+        return lo, hi
+
+    def decode(self, y: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Network output -> stain units (``float32``); ``axis`` is the channel axis."""
+        y = np.asarray(y)
+        lo, hi = self._bounds(y.ndim, axis)
+        return (lo + (y.astype(np.float64) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
+
+    def encode(self, x: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Stain units -> network range (``float32``); the inverse of :meth:`decode`."""
+        x = np.asarray(x)
+        lo, hi = self._bounds(x.ndim, axis)
+        return (2.0 * (x.astype(np.float64) - lo) / (hi - lo) - 1.0).astype(np.float32)
+
+    def to_meta(self) -> dict[str, Any]:
+        """The model-file metadata: ``target_range`` (per channel) and ``target_norm``."""
+        return {
+            "target_range": [[a, b] for a, b in zip(self.lo, self.hi)],
+            "target_norm": {
+                "mode": self.mode,
+                "percentiles": None if self.percentiles is None else list(self.percentiles),
+                "units": self.units,
+            },
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], channels: int) -> TargetNorm:
+        """Read a model's metadata; a legacy ``target_range: [lo, hi]`` covers every channel.
+
+        Raises
+        ------
+        ConfigError
+            The range is malformed or does not describe ``channels`` channels.
+        """
+        rng = meta.get("target_range", (0.0, 1.0))
+        info = meta.get("target_norm") or {}
+        if not isinstance(info, dict):
+            raise ConfigError(f"invalid target normalisation {info!r}")
+        try:
+            pairs = [(float(rng[0]), float(rng[1]))] * channels if (
+                len(rng) == 2 and not hasattr(rng[0], "__len__")
+            ) else [(float(a), float(b)) for a, b in rng]
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid target range {rng!r}") from None
+        if len(pairs) != channels:
+            raise ConfigError(
+                f"target range describes {len(pairs)} channel(s), the model has {channels}")
+        pct = info.get("percentiles")
+        return cls(
+            tuple(a for a, _ in pairs), tuple(b for _, b in pairs),
+            mode=info.get("mode", "fixed"),
+            percentiles=None if pct is None else tuple(pct),
+            units=info.get("units", "target"),
+        )

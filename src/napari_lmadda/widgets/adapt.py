@@ -9,7 +9,7 @@ virtual stains of the adapted and the unadapted model.
 
 The method box lists every method of the engine (:data:`~napari_lmadda.adapt.engine.METHODS`,
 read when the widget opens). "Recommend layer" measures the domain gap at every layer of the
-loaded model with unlabeled images only (:func:`~napari_lmadda.recommend.recommend_layer`) in
+loaded model with unlabeled images only (:func:`~napari_lmadda.adapt.recommend.recommend_layer`) in
 the background; the recommended layer is marked on the layer slider, chosen, kept in the
 viewer's shared state (so it outlives method changes), and its per-layer gap is plotted.
 """
@@ -283,7 +283,7 @@ class GapPlot(QWidget):
         self.values: dict[int, float] = {}
 
     def show_recommendation(self, rec: Any) -> None:
-        """Plot ``rec.profile`` (a :class:`~napari_lmadda.recommend.LayerRecommendation`)."""
+        """Plot ``rec.profile`` (a :class:`~napari_lmadda.adapt.recommend.LayerRecommendation`)."""
         import pyqtgraph as pg
 
         xs = [r.layer for r in rec.rows]

@@ -120,7 +120,7 @@ def images_for_prediction(viewer: napari.Viewer) -> list[ImageSet]:
     LmaddaError
         Nothing chosen, or the choice is unusable.
     """
-    from .._reader import read_image_groups
+    from ..data.groups import read_image_groups
 
     sel = get_state(viewer).selections.get("target")
     if sel is None:

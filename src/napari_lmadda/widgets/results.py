@@ -7,7 +7,7 @@ or adds new ones. The adapted model can be saved, and the stain layers written t
 
 With "Trust map" ticked, a prediction is followed by the per-pixel spread of several
 predictions of the first model (MC dropout, or flips and rotations for a model without
-dropout; :func:`~napari_lmadda.uncertainty.trust_map`), one ``magma`` layer per marker, e.g.
+dropout; :func:`~.inference.uncertainty.trust_map`), one ``magma`` layer per marker, e.g.
 ``CD29 trust [lmadda L10]``: dark where the stain can be trusted, bright where it cannot.
 """
 

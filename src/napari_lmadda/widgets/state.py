@@ -17,8 +17,8 @@ from psygnal import Signal
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapt.events import AdaptResult
+    from ..adapt.recommend import LayerRecommendation
     from ..models.unet import UNetGenerator
-    from ..recommend import LayerRecommendation
 
 __all__ = [
     "DataSelection",
@@ -100,7 +100,7 @@ class Recommendation:
     Attributes
     ----------
     result : LayerRecommendation
-        What :func:`~napari_lmadda.recommend.recommend_layer` returned.
+        What :func:`~napari_lmadda.adapt.recommend.recommend_layer` returned.
     selections : dict
         The source and target selections at the time (to tell when the images changed).
     patch_size : int

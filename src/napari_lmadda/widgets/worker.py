@@ -74,7 +74,7 @@ class RecommendProgress:
 
 @dataclass
 class RecommendDone:
-    """The layer recommendation (a :class:`~napari_lmadda.recommend.LayerRecommendation`)."""
+    """The layer recommendation (a :class:`~napari_lmadda.adapt.recommend.LayerRecommendation`)."""
 
     result: Any
     seconds: float = 0.0
@@ -173,7 +173,7 @@ def predict_messages(
     dev = device
     try:
         from ..devices import resolve_device
-        from ..predict import predict_image
+        from ..inference.predict import predict_image
 
         dev = str(resolve_device(device))
         outputs: dict[tuple[str, int], np.ndarray] = {}
@@ -215,7 +215,7 @@ def recommend_messages(
     seed: int = 0,
     cancel: Callable[[], bool] | None = None,
 ) -> Iterator[RecommendProgress | RecommendDone | RunFailed]:
-    """Run :func:`~napari_lmadda.recommend.recommend_layer` and yield its progress.
+    """Run :func:`~napari_lmadda.adapt.recommend.recommend_layer` and yield its progress.
 
     ``recommend_layer`` reports progress through a callback; it runs in a helper thread here
     so that each measured layer can be yielded as it comes.
@@ -225,7 +225,7 @@ def recommend_messages(
     model : UNetGenerator
         The source model (not modified).
     source, target : folder or ndarray
-        Unlabeled images, as for :func:`~napari_lmadda.recommend.recommend_layer`.
+        Unlabeled images, as for :func:`~napari_lmadda.adapt.recommend.recommend_layer`.
     patch_size, device, n_patches, probe_steps, seed
         Measurement settings.
     cancel : callable, optional
@@ -240,7 +240,7 @@ def recommend_messages(
 
     def work() -> None:
         try:
-            from ..recommend import recommend_layer
+            from ..adapt.recommend import recommend_layer
 
             t0 = time.perf_counter()
             rec = recommend_layer(
@@ -278,7 +278,7 @@ def trust_messages(
     ----------
     model : UNetGenerator
         The model whose predictions are judged (MC dropout if it has dropout, else test-time
-        augmentation; see :func:`~napari_lmadda.uncertainty.trust_map`).
+        augmentation; see :func:`~napari_lmadda.inference.uncertainty.trust_map`).
     stacks : sequence of numpy.ndarray
         ``(N, H, W)`` raw images.
     n_samples : int
@@ -297,7 +297,7 @@ def trust_messages(
     dev = device
     try:
         from ..devices import resolve_device
-        from ..uncertainty import trust_map, uncertainty_method
+        from ..inference.uncertainty import trust_map, uncertainty_method
 
         dev = str(resolve_device(device))
         method = uncertainty_method(model)

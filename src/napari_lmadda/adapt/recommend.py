@@ -70,8 +70,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, LmaddaError
-from .jsonsafe import json_safe
+from ..errors import ConfigError, LmaddaError
+from ..jsonsafe import json_safe
 
 __all__ = [
     "MEASURES",
@@ -231,7 +231,7 @@ def _collect_taps(model: Any, patches: np.ndarray, layers: Sequence[int], device
     """G's taps of ``layers`` for all patches, on the CPU (eval mode, no grad)."""
     import torch
 
-    from .adapt.sampling import to_tensor
+    from .sampling import to_tensor
 
     parts: dict[int, list] = {layer: [] for layer in layers}
     with torch.no_grad():
@@ -266,8 +266,8 @@ def _draw_groups(obj: Any, n_groups: int, n_per: int, patch_size: int, seed: int
     domain with fewer images than groups, or given as a sampler, is split by patch
     (``"patch"``).
     """
-    from .adapt.sampling import fixed_batch, make_sampler
-    from .data.datasets import PatchSampler
+    from ..data.datasets import PatchSampler
+    from .sampling import fixed_batch, make_sampler
 
     sampler = make_sampler(obj, patch_size, n_per, seed=seed, role=role)
     ds = getattr(sampler, "dataset", None)
@@ -322,8 +322,8 @@ def probe_accuracy(
     import torch
     import torch.nn.functional as F
 
-    from .adapt.distances import channel_moments
-    from .models.discriminator import LayerDiscriminator
+    from ..models.discriminator import LayerDiscriminator
+    from .distances import channel_moments
 
     g = torch.Generator().manual_seed(seed)
     if heldout is not None:
@@ -455,9 +455,9 @@ def _measure(model: Any, source: Any, target: Any, *, layers: Any, n_patches: in
              patch_size: int, probe_steps: int, device: str, seed: int, batch_size: int,
              progress: Any, cancel: Any) -> tuple[list[LayerGap], dict[str, Any]]:
     """:func:`measure_layer_gaps`, plus the global permutation test and the split used."""
-    from .adapt.distances import layer_distances, pairwise_distances
-    from .adapt.engine import parse_layers
-    from .devices import resolve_device
+    from ..devices import resolve_device
+    from .distances import layer_distances, pairwise_distances
+    from .engine import parse_layers
 
     if int(n_patches) < 2 * _GROUPS:
         raise ConfigError(
@@ -744,7 +744,7 @@ def plot_recommendation(rec: LayerRecommendation, path: str | Path, *,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .data.io import atomic_write
+    from ..data.io import atomic_write
 
     xs = [r.layer for r in rec.rows]
     fig = Figure(figsize=(8.0, 3.6), dpi=120, layout="constrained")
@@ -797,8 +797,8 @@ def write_recommendation(rec: LayerRecommendation, out_dir: str | Path, *,
     """
     import json
 
-    from .data.io import atomic_write
-    from .errors import OutputExistsError
+    from ..data.io import atomic_write
+    from ..errors import OutputExistsError
 
     out = Path(out_dir)
     if not overwrite:
@@ -837,7 +837,7 @@ def select_layer_by_uncertainty(
     candidates : mapping of int to model or sequence of models
         Depth (matched layer) -> the model adapted there, or an ensemble of them (e.g. one per
         seed). A single model is scored by MC dropout (or test-time augmentation without
-        dropout), see :func:`~napari_lmadda.uncertainty.predictive_uncertainty`.
+        dropout), see :func:`~napari_lmadda.inference.uncertainty.predictive_uncertainty`.
     images : ndarray
         Normalised target patches ``(N, H, W)`` or ``(N, 1, H, W)``.
     n_samples : int
@@ -854,7 +854,7 @@ def select_layer_by_uncertainty(
     scores : dict of int to float
         Mean predictive standard deviation per depth (lower = more certain).
     """
-    from .uncertainty import uncertainty_score
+    from ..inference.uncertainty import uncertainty_score
 
     if not candidates:
         raise ConfigError("no candidate depths to choose from")

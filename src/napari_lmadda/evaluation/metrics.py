@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ImageReadError
+from ..errors import ConfigError, ImageReadError
 
 __all__ = [
     "pearson",
@@ -358,10 +358,10 @@ def evaluate_folders(
     """
     import warnings
 
-    from .data.datasets import _few, _stem_map
-    from .data.io import ImageWarning, list_images, read_planes
-    from .data.normalize import percentile_normalize
-    from .errors import EmptyFolderError
+    from ..data.datasets import _few, _stem_map
+    from ..data.io import ImageWarning, list_images, read_planes
+    from ..data.normalize import percentile_normalize
+    from ..errors import EmptyFolderError
 
     unknown = [m for m in metrics if m not in AVAILABLE_METRICS]
     if unknown:
@@ -522,7 +522,7 @@ def format_table(result: dict[str, Any]) -> str:
     unmatched = result.get("unmatched") or {}
     for side in ("pred", "truth"):
         if unmatched.get(side):
-            from .data.datasets import _few
+            from ..data.datasets import _few
 
             out.append(f"unmatched {side} files ({len(unmatched[side])}): {_few(unmatched[side])}")
     return "\n".join(out)

@@ -1,6 +1,6 @@
 """Folder- and cluster-scale prediction as a dask graph: lazy reads, bounded memory.
 
-The same tiling, padding and blending as :func:`~napari_lmadda.predict.predict_image`, cut
+The same tiling, padding and blending as :func:`~.inference.predict.predict_image`, cut
 into dask tasks:
 
 * **read**: one task per plane of an ordinary image (decoded on the worker); a large
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, LmaddaError
+from ..errors import ConfigError, LmaddaError
 from .predict import AMP_MODES, FolderReport, _check_grey_model, autocast, blend_window, tile_grid
 
 __all__ = [
@@ -81,7 +81,7 @@ def _recorded(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[tuple[type,
 
 # ------------------------------------------------------------------ tasks (run on workers)
 def _read_plane_task(path: str, index: int) -> tuple[np.ndarray, list]:
-    from .data.io import read_plane
+    from ..data.io import read_plane
 
     return _recorded(read_plane, path, index)
 
@@ -103,7 +103,7 @@ def _read_tiff_region(path: str, r0: int, r1: int, c0: int, c1: int, step: int =
 
 
 def _norm_task(sample: np.ndarray, p_low: float, p_high: float) -> tuple[Any, list]:
-    from .data.normalize import percentile_normalize
+    from ..data.normalize import percentile_normalize
 
     return _recorded(lambda s: percentile_normalize(s, p_low, p_high)[1], sample)
 
@@ -120,7 +120,7 @@ def _predict_tiles(
     """Predict tiles ``region[rows][:, c]`` for ``c`` in ``cols``: ``(n, C, th, tw)`` float32."""
     import torch
 
-    from .data.normalize import apply_normalization
+    from ..data.normalize import apply_normalization
 
     x = np.asarray(region)
     x = apply_normalization(x, norm[0]) if norm is not None else x.astype(np.float32)
@@ -294,8 +294,8 @@ def _as_plane(image: Any) -> _Plane:
 
 def _file_planes(path: Path) -> list[_Plane]:
     """The planes of an input file or Zarr image, lazily (only the header is read here)."""
-    from .data.io import TIFF_SUFFIXES, probe_image
-    from .data.zarr_io import is_zarr_image, open_zarr_array, zarr_available
+    from ..data.io import TIFF_SUFFIXES, probe_image
+    from ..data.zarr_io import is_zarr_image, open_zarr_array, zarr_available
 
     if is_zarr_image(path):
         z, _, _ = open_zarr_array(path)
@@ -449,7 +449,7 @@ def predict_lazy(
 ) -> Any:
     """Predict the virtual stain(s) of one 2-D image as a lazy dask array.
 
-    Equals :func:`~napari_lmadda.predict.predict_image` (same options) to float rounding, for
+    Equals :func:`~.inference.predict.predict_image` (same options) to float rounding, for
     planes up to :data:`NORM_SAMPLE_PIXELS` pixels (above, the normalisation percentiles come
     from a strided sample). Nothing is computed until the result is (e.g. with
     ``.compute()``, ``dask.array.store`` or ``to_zarr``).
@@ -461,7 +461,7 @@ def predict_lazy(
     image : array-like
         ``(H, W)``: a numpy array, a dask array, or a Zarr array (read region by region).
     tile, overlap, batch_size, device, normalize, to_stain, amp
-        As for :func:`~napari_lmadda.predict.predict_image`.
+        As for :func:`~.inference.predict.predict_image`.
     chunk : int
         Side of the output chunks (one blending task each).
 
@@ -606,8 +606,8 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
     list of Path
         The inputs.
     """
-    from .data.io import EmptyFolderError, _natural_key, list_images
-    from .data.zarr_io import is_zarr_image
+    from ..data.io import EmptyFolderError, _natural_key, list_images
+    from ..data.zarr_io import is_zarr_image
 
     root = Path(images).expanduser()
     if is_zarr_image(root):
@@ -626,7 +626,7 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
 
 def _naming_path(p: Path) -> Path:
     """A stand-in name for :func:`output_paths`: ``a.ome.zarr`` is named like ``a.zarr``."""
-    from .data.zarr_io import is_zarr_image, zarr_stem
+    from ..data.zarr_io import is_zarr_image, zarr_stem
 
     return p.with_name(f"{zarr_stem(p)}.zarr") if is_zarr_image(p) else p
 
@@ -636,7 +636,7 @@ def output_targets(inputs: Sequence[Path], out_dir: str | os.PathLike[str],
     """Where each input's prediction goes: ``<stem>_pred.tif`` or ``<stem>_pred.ome.zarr``.
 
     Same-stem inputs keep their suffix in the name (as
-    :func:`~napari_lmadda.predict.output_paths`), so no output replaces another.
+    :func:`~napari_lmadda.inference.predict.output_paths`), so no output replaces another.
     """
     from .predict import output_paths
 
@@ -692,9 +692,9 @@ def iter_predict_folder_dask(
 ) -> Iterator[tuple[int, int, Path]]:
     """Predict every input of a folder with dask; yield ``(done, total, path)`` per input.
 
-    The :class:`~napari_lmadda.predict.FolderReport` comes back through
+    The :class:`~napari_lmadda.inference.predict.FolderReport` comes back through
     ``StopIteration.value``. Outputs and their metadata are those of
-    :func:`~napari_lmadda.predict.iter_predict_folder` (TIFF: ``CYX``/``ZCYX``); OME-Zarr
+    :func:`~napari_lmadda.inference.predict.iter_predict_folder` (TIFF: ``CYX``/``ZCYX``); OME-Zarr
     outputs hold ``CYX``/``CZYX`` (NGFF order). An input that cannot be read or predicted is
     skipped with an :class:`~napari_lmadda.data.io.ImageWarning` naming it (unless
     ``stop_on_error``; then nothing after it is written).
@@ -714,20 +714,20 @@ def iter_predict_folder_dask(
     out_format : {"tiff", "ome-zarr"}
         Output format.
     overwrite, stop_on_error, metadata
-        As for :func:`~napari_lmadda.predict.iter_predict_folder`.
+        As for :func:`~napari_lmadda.inference.predict.iter_predict_folder`.
     window : int, optional
         Images computed together (default: four per worker thread, at least 4), fewer when
         they hold :data:`WINDOW_PIXELS` pixels; bounds memory.
     chunk : int
         Output chunk side (one blending task and one Zarr chunk each).
     tile, overlap, batch_size, device, normalize, amp
-        As for :func:`~napari_lmadda.predict.predict_image`.
+        As for :func:`~.inference.predict.predict_image`.
     """
     import dask
     import dask.array as da
 
-    from .data.io import ImageWarning, write_tiff
-    from .data.zarr_io import OmeZarrWriter
+    from ..data.io import ImageWarning, write_tiff
+    from ..data.zarr_io import OmeZarrWriter
 
     t0 = time.perf_counter()
     _check_options(tile, overlap, batch_size, chunk, amp)
@@ -735,7 +735,7 @@ def iter_predict_folder_dask(
     if window is not None and window < 1:
         raise ConfigError(f"window must be >= 1, got {window}")
     if out_format == "ome-zarr":
-        from .data.zarr_io import require_zarr
+        from ..data.zarr_io import require_zarr
 
         require_zarr("writing OME-Zarr")
     inputs = list_inputs(images)
@@ -756,7 +756,7 @@ def iter_predict_folder_dask(
     def prepare(path: Path, target: Path, model_ref: Any) -> _Job:
         try:
             if target.exists() and not overwrite:
-                from .errors import OutputExistsError
+                from ..errors import OutputExistsError
 
                 raise OutputExistsError(f"'{target}' already exists (pass overwrite=True to "
                                         "replace it)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "FidKid",
@@ -83,8 +83,8 @@ def load_feature_model(weights: str | os.PathLike, device: str = "cpu") -> Any:
     CheckpointError
         The file is missing, damaged, unsafe or not a model (one line naming the file).
     """
-    from .models.checkpoint import load_model
-    from .models.translated import TranslatedModel
+    from ..models.checkpoint import load_model
+    from ..models.translated import TranslatedModel
 
     model = load_model(weights, device)
     return model.unet if isinstance(model, TranslatedModel) else model
@@ -92,7 +92,7 @@ def load_feature_model(weights: str | os.PathLike, device: str = "cpu") -> Any:
 
 def _as_dataset(images: Any, percentiles: Sequence[float]) -> Any:
     """A plane dataset (normalised like the model's inputs) from a folder, arrays or dataset."""
-    from .data.datasets import ArrayDataset, ImageFolder, PlaneDataset
+    from ..data.datasets import ArrayDataset, ImageFolder, PlaneDataset
 
     pct = (float(percentiles[0]), float(percentiles[1]))
     if isinstance(images, PlaneDataset):
@@ -335,10 +335,10 @@ def fid_kid(
     -------
     FidKid
     """
-    from .models.translated import TranslatedModel
+    from ..models.translated import TranslatedModel
 
     if isinstance(model, str | os.PathLike):
-        from .models.checkpoint import load_model
+        from ..models.checkpoint import load_model
 
         model = load_model(model, device)
     translator = model.translator if isinstance(model, TranslatedModel) else None

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, EmptyFolderError
-from .jsonsafe import json_safe
+from ..errors import ConfigError, EmptyFolderError
+from ..jsonsafe import json_safe
 
 __all__ = [
     "BASELINES",
@@ -161,15 +161,15 @@ def pearson_per_channel(
     eval_set : EvalSet
         Images and truths.
     tile, overlap : int
-        Tiling of :func:`~napari_lmadda.predict.predict_image`.
+        Tiling of :func:`~napari_lmadda.inference.predict.predict_image`.
 
     Returns
     -------
     dict of str to float
         Channel name -> mean Pearson (nan-mean over images; nan if all are undefined).
     """
+    from ..inference.predict import predict_image
     from .metrics import pearson
-    from .predict import predict_image
 
     per: list[list[float]] = [[] for _ in eval_set.channel_names]
     for img, truth in zip(eval_set.images, eval_set.truths):
@@ -234,9 +234,9 @@ def iter_sweep(
     SweepRun
         In the order of :func:`plan_runs`.
     """
-    from .adapt.config import AdaptConfig
-    from .adapt.engine import METHODS, iter_adapt, parse_layers
-    from .adapt.events import Finished, StopReason
+    from ..adapt.config import AdaptConfig
+    from ..adapt.engine import METHODS, iter_adapt, parse_layers
+    from ..adapt.events import Finished, StopReason
 
     cfg = config or AdaptConfig()
     lays = parse_layers(layers, model.num_layers)
@@ -334,8 +334,8 @@ def load_eval_set(images: str | os.PathLike, truth: Any,
     Only the first plane of each file is used. Images without truth in every channel are
     left out; none at all is an error.
     """
-    from .data.datasets import _stem_map
-    from .data.io import list_images, read_planes
+    from ..data.datasets import _stem_map
+    from ..data.io import list_images, read_planes
 
     names = list(channel_names)
     t_dirs = resolve_truth_dirs(truth, names)
@@ -469,7 +469,7 @@ def plot_sweep(runs: Sequence[SweepRun], path: str | os.PathLike, *,
     path = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    from .data.io import atomic_write
+    from ..data.io import atomic_write
 
     return atomic_write(path, lambda p: p.write_bytes(buf.getvalue()), overwrite=True)
 
@@ -484,7 +484,7 @@ def write_sweep(runs: Sequence[SweepRun], out_dir: str | os.PathLike, *,
     dict of str to Path
         ``{"json": ..., "csv": ..., "png": ...}``.
     """
-    from .data.io import atomic_write
+    from ..data.io import atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, LmaddaError
+from ..errors import ConfigError, LmaddaError
 
 __all__ = [
     "predict_image",
@@ -202,7 +202,7 @@ def predict_image(
     """
     import torch
 
-    from .data.normalize import percentile_normalize
+    from ..data.normalize import percentile_normalize
 
     img = np.asarray(image)
     if img.ndim != 2 or img.size == 0:
@@ -363,7 +363,7 @@ def iter_predict_folder(
     A file that cannot be read, predicted or written is skipped with an :class:`ImageWarning`
     naming it (unless ``stop_on_error``); outputs are named by :func:`output_paths`.
     """
-    from .data.io import ImageWarning, list_images, read_planes, write_tiff
+    from ..data.io import ImageWarning, list_images, read_planes, write_tiff
 
     t0 = time.perf_counter()
     _check_grey_model(model)

@@ -16,9 +16,9 @@ be trusted. Three ways to get them:
     Several models (e.g. adapted with different seeds), one eval-mode pass each.
 
 :func:`trust_map` gives the per-pixel standard deviation of a whole image in stain units,
-tiled like :func:`~napari_lmadda.predict.predict_image`; :func:`uncertainty_score` the mean
+tiled like :func:`~.inference.predict.predict_image`; :func:`uncertainty_score` the mean
 standard deviation over target patches, the score of SIT-ADDA-Auto's depth selector
-(:func:`~napari_lmadda.recommend.select_layer_by_uncertainty`). Qt-free.
+(:func:`~napari_lmadda.adapt.recommend.select_layer_by_uncertainty`). Qt-free.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "METHODS",
@@ -204,7 +204,7 @@ def uncertainty_score(models_or_model: Any, images: Any, *, n_samples: int = 8,
 class _SpreadModel:
     """Wraps a model so that one ``forward`` returns the spread of several passes.
 
-    It quacks like a :class:`UNetGenerator` for :func:`~napari_lmadda.predict.predict_image`
+    It quacks like a :class:`UNetGenerator` for :func:`~.inference.predict.predict_image`
     (``config``, ``min_size``, ``meta``, ``parameters``, ``modules``, ``eval``), which then
     does the normalisation, padding, tiling and blending.
     """
@@ -247,7 +247,7 @@ def trust_map(
     MC dropout (dropout in train mode, BatchNorm in eval mode) when the model has dropout,
     otherwise test-time augmentation (flips and rotations); :func:`uncertainty_method` tells
     which. The image is normalised, padded and tiled as by
-    :func:`~napari_lmadda.predict.predict_image`, and the tiles' standard deviations are
+    :func:`~.inference.predict.predict_image`, and the tiles' standard deviations are
     blended with the same window.
 
     Parameters
