@@ -20,7 +20,8 @@ from .config import AdaptConfig
 from .events import AdaptResult, Event, Finished
 from .sampling import make_sampler
 
-__all__ = ["METHODS", "iter_adapt", "adapt", "method_names", "parse_layers"]
+__all__ = ["METHODS", "iter_adapt", "adapt", "method_names", "parse_layers",
+           "layer_resolver"]
 
 # method name -> module (imported on first use)
 METHODS: dict[str, str] = {
@@ -39,8 +40,19 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
-    """Parse ``"2"``, ``"1-16"``, ``"2,5,13"`` or a list into checked layer numbers.
+def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int,
+                 resolve: Callable[[str], int] | None = None) -> tuple[int, ...]:
+    """Parse ``"2"``, ``"1-16"``, ``"2,5,13"``, layer names or a list into layer numbers.
+
+    Parameters
+    ----------
+    spec : str, int, sequence or None
+        Numbers, ranges and (with ``resolve``) names, comma-separated.
+    num_layers : int
+        The model's layers are ``1..num_layers``.
+    resolve : callable, optional
+        ``resolve(name) -> number`` for parts that are not numbers (module names of any
+        model, see :func:`layer_resolver`); raises ConfigError for unknown names.
 
     Raises
     ------
@@ -61,15 +73,40 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> tup
                 else:
                     items.append(int(part))
             except ValueError:
-                raise ConfigError(
-                    f"cannot read layers {spec!r}: use e.g. 2, 1-16 or 2,5,13"
-                ) from None
+                if resolve is None or not part:
+                    raise ConfigError(
+                        f"cannot read layers {spec!r}: use e.g. 2, 1-16 or 2,5,13"
+                    ) from None
+                try:
+                    items.append(int(resolve(part)))
+                except ConfigError as exc:
+                    raise ConfigError(f"cannot read layers {spec!r}: {exc}") from None
     else:
         items = [int(v) for v in spec]
     bad = [v for v in items if not 1 <= v <= num_layers]
     if bad:
         raise ConfigError(f"layer {bad[0]} is out of range: this model has layers 1..{num_layers}")
     return tuple(sorted(set(items)))
+
+
+def layer_resolver(model: Any) -> Callable[[str], int]:
+    """``name -> layer number`` for ``model``: its own ``layer_index`` or its layer names.
+
+    Any model works: a :class:`~napari_lmadda.models.tapped.TappedModel` resolves module
+    names; the project's UNet its layer names (``down2``, ``bottleneck``, ``up9``, ``output``).
+    """
+    own = getattr(model, "layer_index", None)
+    if own is not None:
+        return own
+
+    def by_name(name: str) -> int:
+        names = [model.layer_name(i) for i in range(1, model.num_layers + 1)]
+        if name in names:
+            return names.index(name) + 1
+        raise ConfigError(f"this model has no layer named {name!r}: give a number "
+                          f"1..{model.num_layers} or one of {', '.join(names)}")
+
+    return by_name
 
 
 def iter_adapt(
@@ -116,7 +153,10 @@ def iter_adapt(
     cfg = config or AdaptConfig()
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    lays = parse_layers(layers, model.num_layers)
+    lays = parse_layers(layers, model.num_layers, layer_resolver(model))
+    if method in ("apma", "scgan") and not hasattr(model, "num_downs"):
+        raise ConfigError(f"method {method!r} is built for the project's UNet layers; for this "
+                          "model use lmadda, lmadda-multi, adda, adabn or none")
     if method in ("lmadda", "lmadda-multi") and not lays:
         raise ConfigError(f"method {method!r} needs a layer (1..{model.num_layers})")
     if cfg.patch_size % model.min_size:

@@ -25,6 +25,7 @@ from .distances import diag_w2
 
 __all__ = [
     "trainable_layers",
+    "gap_layers",
     "set_bn_mode",
     "make_student",
     "layer_discriminators",
@@ -48,6 +49,16 @@ def trainable_layers(model, layers: Sequence[int], cfg: AdaptConfig) -> tuple[in
             "the matched one stay the source model's"
         )
     return first, last
+
+
+def gap_layers(model, top: int) -> list[int]:
+    """The layers from ``top`` to the output on which the label-free gap is measured.
+
+    Every layer of the project's UNet; a model with many taps names a bounded subset
+    (its ``gap_layers``, e.g. :meth:`~napari_lmadda.models.tapped.TappedModel.gap_layers`).
+    """
+    own = getattr(model, "gap_layers", None)
+    return list(own(top)) if own is not None else list(range(top, model.num_layers + 1))
 
 
 def set_bn_mode(model: nn.Module, mode: str) -> None:
@@ -142,10 +153,10 @@ def feature_metrics(run, net: nn.Module, ref: dict[int, torch.Tensor], top: int,
         (for a method's own metrics, e.g. the discriminators' accuracy).
     """
     n = run.model.num_layers
-    gap_layers = range(top, n + 1)
-    tgt = taps(net, run.eval_tgt, tuple(sorted(set(gap_layers) | set(layers))))
+    measured = gap_layers(run.model, top)
+    tgt = taps(net, run.eval_tgt, tuple(sorted(set(measured) | set(layers))))
     src_p = taps(net, run.eval_src, (n,))[n]
-    gaps = [diag_w2(ref[k], tgt[k]) for k in gap_layers]
+    gaps = [diag_w2(ref[k], tgt[k]) for k in measured]
     drift = float((src_p - ref[n]).abs().mean() / (ref[n].std() + 1e-6))
     return {
         "gap": float(sum(gaps) / len(gaps)) + drift,

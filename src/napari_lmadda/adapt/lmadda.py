@@ -30,6 +30,7 @@ from .features import (
     accuracy,
     feature_metrics,
     gan_loss,
+    gap_layers,
     kept_model,
     layer_discriminators,
     make_student,
@@ -77,8 +78,8 @@ class LayerMatching(Method):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.opt_g = torch.optim.Adam(self.params, lr=cfg.lr_g, betas=betas)
         # G is frozen: its reference taps are computed once (by rank 0, which evaluates)
-        n, top = run.model.num_layers, max(self.layers)
-        ref_layers = tuple(sorted(set(range(top, n + 1)) | set(self.layers)))
+        ref_layers = tuple(sorted(set(gap_layers(run.model, max(self.layers)))
+                                  | set(self.layers)))
         self.ref = taps(run.G, run.eval_src, ref_layers) if run.main else {}
         self.world = run.world
         return self.student, self.params

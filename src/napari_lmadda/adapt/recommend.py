@@ -451,13 +451,23 @@ def _p_value(stat: np.ndarray) -> float:
     return float(np.mean(stat >= stat[0] - 1e-12 * max(1.0, abs(stat[0]))))
 
 
+def candidate_layers(model: Any) -> tuple[int, ...]:
+    """The layers compared when none are given.
+
+    Every layer of the project's UNet; the levels (``level_layers``) of a model with many
+    taps, whose activations at every tap would not fit in memory.
+    """
+    levels = getattr(model, "level_layers", None)
+    return tuple(levels()) if levels is not None else tuple(range(1, model.num_layers + 1))
+
+
 def _measure(model: Any, source: Any, target: Any, *, layers: Any, n_patches: int,
              patch_size: int, probe_steps: int, device: str, seed: int, batch_size: int,
              progress: Any, cancel: Any) -> tuple[list[LayerGap], dict[str, Any]]:
     """:func:`measure_layer_gaps`, plus the global permutation test and the split used."""
     from ..devices import resolve_device
     from .distances import layer_distances, pairwise_distances
-    from .engine import parse_layers
+    from .engine import layer_resolver, parse_layers
 
     if int(n_patches) < 2 * _GROUPS:
         raise ConfigError(
@@ -469,8 +479,8 @@ def _measure(model: Any, source: Any, target: Any, *, layers: Any, n_patches: in
             f"patch size {patch_size} must be a multiple of {model.min_size} for this model")
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    lays = parse_layers(layers, model.num_layers) if layers not in (None, "") else tuple(
-        range(1, model.num_layers + 1))
+    lays = (parse_layers(layers, model.num_layers, layer_resolver(model))
+            if layers not in (None, "") else candidate_layers(model))
     dev = resolve_device(device)
     ng, n_per = _GROUPS, int(n_patches) // _GROUPS
     sg, split_s = _draw_groups(source, ng, n_per, patch_size, seed, "source")
@@ -689,7 +699,9 @@ def recommend_layer(
     n_held = how["n_heldout"]
     layer, conf, reason, det = choose_layer(rows, p_value=how["p_value"], fraction=fraction,
                                             alpha=alpha, n_heldout=n_held,
-                                            num_layers=model.num_layers)
+                                            # the depth reading is about UNet layers
+                                            num_layers=getattr(model, "num_downs", None)
+                                            and model.num_layers)
     settings = {"n_patches": int(n_patches), "patch_size": int(patch_size),
                 "probe_steps": int(probe_steps), "seed": int(seed), "bn_mode": "eval",
                 "probe_threshold": _probe_threshold(n_held), "num_layers": model.num_layers,

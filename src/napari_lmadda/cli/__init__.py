@@ -24,6 +24,7 @@ _COMMANDS = [
     "predict",
     "sweep",
     "recommend_layer",
+    "layers",
     "evaluate",
     "make_synthetic",
     "fid",

@@ -127,8 +127,10 @@ def load_model_one_line(path: str | Path, device: str = "cpu") -> Any:
 class DomainArgs:
     """``--model``, ``--source`` and ``--target``: what every adaptation command needs."""
 
-    model: str = option(help="source model file (napari-lmadda .pt, pix2pix latest_net_G.pth, "
-                        "or 'demo')", flag="--model", metavar="SRC.pt")
+    model: str | None = option(None, "source model file (napari-lmadda .pt, pix2pix "
+                               "latest_net_G.pth, bioimage.io package, or 'demo')",
+                               flag="--model", metavar="SRC.pt",
+                               default_text="required unless --arch and --weights")
     source: Path = option(help="folder of unlabeled source-microscope images", flag="--source")
     target: Path = option(help="folder of unlabeled new-microscope images", flag="--target")
 

@@ -41,8 +41,9 @@ class AdaptArgs:
 
     method: str = option("lmadda", "adaptation method", flag="--method",
                          choices=tuple(method_names()))
-    layer: str | None = option(None, "layer to match, 1..2*num_downs: '2', or '2,5' for "
-                               "lmadda-multi", flag="--layer", metavar="L")
+    layer: str | None = option(None, "layer to match: a number (1..2*num_downs for the "
+                               "project's UNet; see `lmadda layers`) or a module name; '2,5' "
+                               "for lmadda-multi", flag="--layer", metavar="L")
     out: Path = option(help="adapted model file to write", flag="--out", metavar="ADAPTED.pt")
     overwrite: bool = option(False, "replace an existing --out", flag="--overwrite")
     resume: bool = option(False, "continue an interrupted run from <out>.run (written at every "
@@ -52,9 +53,11 @@ class AdaptArgs:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``adapt`` to its parser."""
     from ..adapt.config import AdaptConfig
+    from ._arch import add_arch_arguments
     from ._common import add_adapt_options, add_domain_arguments
 
     add_domain_arguments(parser)
+    add_arch_arguments(parser)
     add_arguments_of(parser, AdaptArgs, names=("method", "layer", "out"))
     add_arguments_of(parser, AdaptConfig, names=("seed",), config_defaults=True)
     add_arguments_of(parser, AdaptArgs, names=("overwrite", "resume"))
@@ -87,6 +90,13 @@ def progress_line(ev: Any, last_step: Any, best_step: int) -> str:
     return "  ".join(parts)
 
 
+def _layer_text(model: Any, layer: int) -> str:
+    """``3`` for the project's UNet; ``3 (enc.1)`` for a model whose taps are modules."""
+    if getattr(model, "layer_index", None) is None:
+        return str(layer)
+    return f"{layer} ({model.layer_name(layer)})"
+
+
 def run(args: argparse.Namespace) -> int:
     """Adapt, print progress, save the kept state."""
     from ..adapt import distributed
@@ -117,12 +127,13 @@ def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
     from ..adapt.events import Evaluated, Finished, Started, Step, StopReason
     from ..devices import release_memory
     from ..models.checkpoint import save_model
-    from ._common import cancel_on_sigint, fmt_float, load_model_one_line, make_parent
+    from ._arch import load_cli_model
+    from ._common import cancel_on_sigint, fmt_float, make_parent
 
     main, world = distributed.is_main(), distributed.world_size()
     say = print if main else (lambda *a, **k: None)  # other ranks stay quiet
     distributed.per_rank_batch(cfg.batch_size, world)
-    model = load_model_one_line(args.model, "cpu")
+    model = load_cli_model(args, "cpu")
     source = open_images(args.source, model, "--source")
     target = open_images(args.target, model, "--target")
     make_parent(out, "--out")
@@ -133,7 +144,7 @@ def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
         for ev in iter_adapt(model, source, target, method=args.method, layers=args.layer,
                              config=cfg, cancel=cancel, run_state=state):
             if isinstance(ev, Started):
-                lays = ",".join(map(str, ev.layers)) or "-"
+                lays = ",".join(_layer_text(model, v) for v in ev.layers) or "-"
                 procs = f" x {world} processes" if world > 1 else ""
                 say(f"{ev.method} at layer(s) {lays}: {ev.trainable_params:,} trainable "
                     f"parameters on {ev.device}{procs}, {ev.total_steps} steps, criterion "
@@ -153,7 +164,9 @@ def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
         "best_step": result.best_step,
         "stop_reason": result.reason.value,
         **result.provenance,
-        "source_model": str(args.model),
+        **({"layer_names": [model.layer_name(v) for v in result.layers]}
+           if getattr(model, "layer_index", None) else {}),
+        "source_model": str(args.model if args.model is not None else args.weights),
         "source_dir": str(args.source),
         "target_dir": str(args.target),
     }

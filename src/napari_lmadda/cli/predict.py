@@ -43,8 +43,9 @@ HELP = ("Predict the virtual stains of every image of a folder (tiled, seamless)
 class PredictArgs:
     """The options of ``predict``."""
 
-    model: str = option(help="model file (or 'demo' for the bundled demo model)",
-                        flag="--model", metavar="MODEL.pt")
+    model: str | None = option(None, "model file (or 'demo' for the bundled demo model)",
+                               flag="--model", metavar="MODEL.pt",
+                               default_text="required unless --arch")
     images: Path = option(help="folder of input images (or one image file, or one *.ome.zarr)",
                           flag="--images")
     out: Path = option(help="output folder (created)", flag="--out")
@@ -78,7 +79,10 @@ class PredictArgs:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``predict`` to its parser (:class:`PredictArgs`)."""
+    from ._arch import add_arch_arguments
+
     add_arguments_of(parser, PredictArgs)
+    add_arch_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         list_inputs,
         output_targets,
     )
-    from ._common import load_model_one_line, make_output_folder
+    from ._arch import load_cli_model
+    from ._common import make_output_folder
 
     if args.tile < 1 or args.overlap < 0 or args.batch < 1:
         raise ConfigError("--tile and --batch must be >= 1 and --overlap >= 0")
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(existing)} output file(s) already exist in '{out}' (e.g. "
                 f"'{existing[0].name}'); use --overwrite to replace them"
             )
-    model = load_model_one_line(args.model, args.device)
+    model = load_cli_model(args, args.device)
     make_output_folder(out, "the --out folder")
     runner = DaskRunner(args.scheduler, args.workers)
     threads = _share_cpu_threads(model, runner)

@@ -35,7 +35,7 @@ class RecommendArgs:
     probe_steps: int = option(60, "training steps of the discriminator probe per layer; 0 = "
                               "no probe", flag="--probe-steps", low=0)
     layers: str | None = option(None, "layers to measure, e.g. 1-8 or 1,2,5", flag="--layers",
-                                default_text="all")
+                                default_text="all (the levels of an --arch model)")
     fraction: float = option(0.5, "recommend the first layer whose gap reaches this fraction "
                              "of the largest", flag="--fraction", low=0.0, high=1.0,
                              low_open=True)
@@ -48,9 +48,11 @@ class RecommendArgs:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``recommend-layer`` to its parser."""
+    from ._arch import add_arch_arguments
     from ._common import add_domain_arguments
 
     add_domain_arguments(parser)
+    add_arch_arguments(parser)
     add_arguments_of(parser, RecommendArgs)
 
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         write_recommendation,
     )
     from ..errors import ConfigError, OutputExistsError
-    from ._common import load_model_one_line
+    from ._arch import load_cli_model
     from .adapt import open_images
 
     check_args(args, RecommendArgs)
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ("recommend.json", "recommend.png"):
             if (args.out / name).exists():
                 raise OutputExistsError(f"'{args.out / name}' already exists (use --overwrite)")
-    model = load_model_one_line(args.model, "cpu")
+    model = load_cli_model(args, "cpu")
     if args.patch < 1 or args.patch % model.min_size:
         raise ConfigError(
             f"--patch {args.patch} must be a multiple of {model.min_size} for this model")

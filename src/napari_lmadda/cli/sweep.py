@@ -55,9 +55,11 @@ class SweepArgs:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``sweep`` to its parser."""
+    from ._arch import add_arch_arguments
     from ._common import add_adapt_options, add_domain_arguments
 
     add_domain_arguments(parser)
+    add_arch_arguments(parser)
     add_arguments_of(parser, SweepArgs)
     add_adapt_options(parser)
 
@@ -72,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
         summarize_runs,
         write_sweep,
     )
+    from ._arch import load_cli_model
     from ._common import (
         adapt_config_from_args,
         cancel_on_sigint,
         fmt_duration,
         fmt_float,
-        load_model_one_line,
         make_output_folder,
     )
     from .adapt import open_images
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise OutputExistsError(f"'{out / 'sweep.json'}' already exists (use --overwrite)")
     check_args(args, SweepArgs)
     cfg = adapt_config_from_args(args)
-    model = load_model_one_line(args.model, "cpu")
+    model = load_cli_model(args, "cpu")
     source = open_images(args.source, model, "--source")
     target = open_images(args.target, model, "--target")
     make_output_folder(out, "the --out folder")  # before the runs, not after them

@@ -235,11 +235,11 @@ def iter_sweep(
         In the order of :func:`plan_runs`.
     """
     from ..adapt.config import AdaptConfig
-    from ..adapt.engine import METHODS, iter_adapt, parse_layers
+    from ..adapt.engine import METHODS, iter_adapt, layer_resolver, parse_layers
     from ..adapt.events import Finished, StopReason
 
     cfg = config or AdaptConfig()
-    lays = parse_layers(layers, model.num_layers)
+    lays = parse_layers(layers, model.num_layers, layer_resolver(model))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")

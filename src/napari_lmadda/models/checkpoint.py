@@ -18,6 +18,13 @@ made by SCGAN) is written as format version 2: ``"arch"`` stays the source UNet'
 both networks (``translator.*`` and ``unet.*`` keys). Plain models are still written as
 version 1, so older versions keep reading them; an older version refuses a version-2 file
 with its "written by a newer napari-lmadda" message instead of mis-loading it.
+
+A network built from the user's architecture code
+(:class:`~napari_lmadda.models.tapped.TappedModel`, see :mod:`~napari_lmadda.models.arch`) is
+written as format version 3: ``"arch"`` holds a *reference* to that code (file, class,
+keyword arguments, sha256) and the traced input size and channels; the state dict its
+weights (``net.*``). Loading it here is refused with a message naming the ``--arch`` that
+rebuilds it: opening a file never runs code.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from .. import __version__
 from ..data.normalize import DEFAULT_PERCENTILES
 from ..errors import CheckpointError, ConfigError, LmaddaError
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
+from .tapped import TappedModel
 from .translated import TranslatedModel, Translator, TranslatorConfig
 from .unet import UNetConfig, UNetGenerator
 
@@ -50,8 +58,9 @@ __all__ = [
 ]
 
 FORMAT = "napari-lmadda-model"
-FORMAT_VERSION = 2  # the newest version read; plain models are still written as 1
+FORMAT_VERSION = 3  # the newest version read; plain models are still written as 1
 _TRANSLATED_VERSION = 2
+_CODE_VERSION = 3  # the architecture is user code: a reference is stored, never run here
 DEFAULT_META: dict[str, Any] = {
     "channel_names": None,  # e.g. ["DAPI", "CD29"]; None -> "channel 0", ...
     "input_percentiles": list(DEFAULT_PERCENTILES),
@@ -150,6 +159,8 @@ def save_model(
     if isinstance(model, TranslatedModel):
         payload["format_version"] = _TRANSLATED_VERSION
         payload["translator"] = model.translator.config.to_dict()
+    if isinstance(model, TappedModel):
+        payload["format_version"] = _CODE_VERSION
     return atomic_torch_save(payload, path)
 
 
@@ -308,6 +319,8 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
                 f"'{path}' was written by a newer napari-lmadda (format version "
                 f"{obj.get('format_version')}); this version reads up to {FORMAT_VERSION}"
             )
+        if version == _CODE_VERSION:
+            raise CheckpointError(_needs_code(path, obj.get("arch")))
         try:
             cfg = UNetConfig.from_dict(dict(obj["arch"]))
             sd = dict(obj["state_dict"])
@@ -349,6 +362,18 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
     _check_meta(meta, cfg, path)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     return cfg, sd, meta, tcfg
+
+
+def _needs_code(path: Path, header: Any) -> str:
+    """The refusal of a model file whose architecture is code, naming the ``--arch`` to give."""
+    from .arch import arch_hint
+
+    ref = header.get("arch") if isinstance(header, Mapping) else None
+    if not isinstance(ref, Mapping):
+        return f"'{path}' is a napari-lmadda model file with a damaged architecture reference"
+    return (f"'{path}' holds a {ref.get('class', '?')} network whose architecture is code; "
+            f"napari-lmadda runs no code from a file it opens: give {arch_hint(ref)} to "
+            "rebuild it (that runs the file)")
 
 
 def load_model(
