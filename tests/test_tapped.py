@@ -22,7 +22,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from arch_zoo import CareUNet, NextUNet, ResUNet  # noqa: E402
-
 from napari_lmadda.adapt.config import AdaptConfig  # noqa: E402
 from napari_lmadda.adapt.engine import adapt  # noqa: E402
 from napari_lmadda.errors import CheckpointError, ConfigError  # noqa: E402
