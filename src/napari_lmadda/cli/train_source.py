@@ -67,7 +67,11 @@ class TrainSourceArgs:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``train-source`` to its parser (:class:`TrainSourceArgs`)."""
+    from ._arch import add_arch_arguments
+
     add_arguments_of(parser, TrainSourceArgs)
+    # --arch trains another network instead of the UNet (--num-downs, --ngf, --norm unused)
+    add_arch_arguments(parser, names=("arch", "arch_kwargs", "input_size"))
 
 
 class _Subset(PlaneDataset):
@@ -138,6 +142,22 @@ def split_by_file(
     return subset(train_idx), subset(val_idx), sorted(Path(k).name for k in val_keys)
 
 
+def _arch_network(args: argparse.Namespace, n_targets: int) -> Any:
+    """The untrained ``--arch`` network (RUNS that file), checked against the data."""
+    from ..errors import ConfigError
+    from ..models.arch import load_arch
+    from ._arch import _kwargs
+
+    net = load_arch(args.arch, kwargs=_kwargs(args.arch_kwargs), input_size=args.input_size)
+    if net.config.in_channels != 1:
+        raise ConfigError(f"--arch {args.arch} takes {net.config.in_channels} input channels; "
+                          "train-source feeds it one grey plane")
+    if net.config.out_channels != n_targets:
+        raise ConfigError(f"--arch {args.arch} has {net.config.out_channels} output channel(s) "
+                          f"for {n_targets} --targets folder(s)")
+    return net
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, print a line per validation, and write the model files."""
     import time
@@ -173,11 +193,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--val-patches must be >= 1, got {args.val_patches}")
     arch = UNetConfig(in_channels=1, out_channels=len(names), num_downs=args.num_downs,
                       ngf=args.ngf, norm=args.norm)
+    net = _arch_network(args, len(names)) if getattr(args, "arch", None) else None
     eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 20)
     cfg = SourceTrainConfig(steps=args.steps, batch_size=args.batch, patch_size=args.patch,
                             lr=args.lr, lambda_gan=args.lambda_gan, eval_every=eval_every,
                             seed=args.seed, device=args.device)
-    if args.patch % 2**args.num_downs:
+    if net is not None and args.patch % net.min_size:
+        raise ConfigError(f"--patch {args.patch} must be a multiple of {net.min_size} for "
+                          f"--arch {args.arch}")
+    if net is None and args.patch % 2**args.num_downs:
         raise ConfigError(
             f"--patch {args.patch} must be a multiple of {2**args.num_downs} (2**--num-downs)"
         )
@@ -227,8 +251,8 @@ def run(args: argparse.Namespace) -> int:
                   f"({per_ch}){'  *best*' if ev.is_best else ''}  left {eta}", flush=True)
 
     with cancel_on_sigint("training") as cancel:
-        result = train_source(sampler, (val_batch[0], val_batch[1]), arch=arch, config=cfg,
-                              meta=meta, out=out, cancel=cancel, callback=show)
+        result = train_source(sampler, (val_batch[0], val_batch[1]), arch=arch, model=net,
+                              config=cfg, meta=meta, out=out, cancel=cancel, callback=show)
     elapsed = time.perf_counter() - last.get("t0", time.perf_counter())
     if result.best_step == 0:
         print(f"stopped ({result.reason.value}) before the first validation; no model written")

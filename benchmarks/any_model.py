@@ -1,0 +1,374 @@
+"""Any-model benchmark: LM-ADDA on networks that are not pix2pix-shaped (issue 17).
+
+Three commands, results written incrementally under ``benchmarks/results/any_model/``:
+
+``speed``
+    One LM-ADDA training step of the engine (the forward pass stops at the tap, by raising
+    from a hook for an ``--arch`` network) against the same step with full forward passes
+    and the tap taken by a hook ("naive"), alternating step by step; also the project's UNet
+    native vs. the same UNet wrapped as an arbitrary network (hook overhead).
+``train``
+    Trains the test architectures (``tests/arch_zoo.py``: CARE-style UNet with additive
+    skips, residual UNet) as source models on the synthetic phase-contrast data of the demo
+    model (96 fields, seed 1; validation 8 fields, seed 2), through ``load_arch`` as a user's
+    ``--arch`` would.
+``run``
+    none / AdaBN / LM-ADDA at an early, a middle and a late module of each, on the bright
+    field shift of ``benchmarks/quality.py`` (same unlabeled source and target fields, same
+    test fields with ground truth, used only for scoring); the kept state is chosen by the
+    label-free criterion. Runs append to ``runs.jsonl`` and are skipped when present.
+``report``
+    Tables to ``any_model.md`` (pasted into ``docs/benchmarks.md``, section "Any model").
+
+    OMP_NUM_THREADS=1 python benchmarks/any_model.py speed
+    OMP_NUM_THREADS=1 python benchmarks/any_model.py train --arch care
+    OMP_NUM_THREADS=1 python benchmarks/any_model.py run --arch care --seeds 0,1
+    python benchmarks/any_model.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "any_model"
+ZOO = ROOT / "tests" / "arch_zoo.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from napari_lmadda.adapt.config import AdaptConfig  # noqa: E402
+from napari_lmadda.adapt.engine import iter_adapt  # noqa: E402
+from napari_lmadda.adapt.events import Step  # noqa: E402
+from napari_lmadda.adapt.sampling import to_tensor  # noqa: E402
+from napari_lmadda.data.datasets import ArrayDataset, PatchSampler  # noqa: E402
+from napari_lmadda.data.synthetic import make_domain  # noqa: E402
+from napari_lmadda.models import UNetGenerator  # noqa: E402
+from napari_lmadda.models.arch import load_arch  # noqa: E402
+from napari_lmadda.models.discriminator import LayerDiscriminator  # noqa: E402
+from napari_lmadda.models.tapped import TappedModel  # noqa: E402
+
+#: architecture name -> (class in tests/arch_zoo.py, keyword arguments, taps early/mid/late)
+ARCHS = {
+    "care": ("CareUNet", {"out_channels": 2, "depth": 3, "ngf": 16},
+             {"early": "enc.0", "middle": "bottom", "late": "dec.2"}),
+    "resunet": ("ResUNet", {"out_channels": 2, "depth": 3, "ngf": 8},
+                {"early": "enc.0", "middle": "enc.3", "late": "dec.2"}),
+}
+
+
+# ------------------------------------------------------------------ speed
+class NaiveStep:
+    """LM-ADDA's step with full forward passes; the tap taken by a hook on its module.
+
+    Same losses, optimisers, discriminator and EMA as the engine (as in
+    ``benchmarks/speed.py``); every parameter of G' tracks gradients.
+    """
+
+    def __init__(self, model, layer: int, cfg: AdaptConfig) -> None:
+        self.cfg = cfg
+        self.G = copy.deepcopy(model).eval().requires_grad_(False)
+        self.Gp = copy.deepcopy(model).eval().requires_grad_(True)
+        self.params = [p for i in range(1, layer + 1) for p in self.Gp.block(i).parameters()]
+        self.ema = copy.deepcopy(self.Gp).requires_grad_(False)
+        self.ema_params = [p for i in range(1, layer + 1)
+                           for p in self.ema.block(i).parameters()]
+        self.taps: dict[str, torch.Tensor] = {}
+        self._counts: list[list[int]] = []  # calls of the hooked modules in this pass
+        for key, net in (("G", self.G), ("Gp", self.Gp)):
+            self._hook(net, layer, key)
+        info = {i.index: i for i in model.describe_layers(cfg.patch_size)}[layer]
+        self.D = LayerDiscriminator(info.channels, min(info.height, info.width), ndf=cfg.ndf,
+                                    spectral_norm=cfg.d_spectral_norm)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_g = torch.optim.Adam(self.params, lr=cfg.lr_g, betas=betas)
+
+    def _hook(self, net, layer: int, key: str) -> None:
+        if isinstance(net, TappedModel):
+            t = net.describe_layers(self.cfg.patch_size)[layer - 1]
+            mod, call = dict(net.net.named_modules())[t.module], t.call
+        else:  # the project's UNet: the block's output is the tap
+            mod, call = net.block(layer), 1
+        count = [0]
+
+        def grab(m, a, y):
+            count[0] += 1
+            if count[0] == call:
+                self.taps[key] = y.clone()
+
+        mod.register_forward_hook(grab)
+        self._counts.append(count)
+
+    def _run(self, net, x):
+        for c in self._counts:
+            c[0] = 0
+        net(x)
+
+    def step(self, xs: torch.Tensor, xt: torch.Tensor) -> None:
+        with torch.no_grad():
+            self._run(self.G, xs)
+        fs = self.taps["G"]
+        self._run(self.Gp, xt)
+        ft = self.taps["Gp"]
+        self.opt_d.zero_grad(set_to_none=True)
+        ls, lt = self.D(fs), self.D(ft.detach())
+        loss_d = 0.5 * (F.mse_loss(ls, torch.ones_like(ls)) + F.mse_loss(lt, torch.zeros_like(lt)))
+        loss_d.backward()
+        self.opt_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        lg = self.D(ft)
+        loss = F.mse_loss(lg, torch.ones_like(lg))
+        self._run(self.Gp, xs)
+        loss = loss + self.cfg.source_weight * (self.taps["Gp"] - fs).abs().mean() / (
+            fs.std() + 1e-6)
+        loss.backward()
+        self.opt_g.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1.0 - self.cfg.ema_decay)
+
+
+def time_steps(model, layer: int, src, tgt, cfg: AdaptConfig, n: int) -> tuple[float, float]:
+    """Median engine and naive step times (alternating, after one warm-up step each)."""
+    run_cfg = dataclasses.replace(cfg, steps=n + 2, eval_every=10**9)
+    gen = iter_adapt(model, src, tgt, method="lmadda", layers=layer, config=run_cfg)
+
+    def engine() -> float:
+        t = time.perf_counter()
+        for ev in gen:
+            if isinstance(ev, Step):
+                return time.perf_counter() - t
+        raise RuntimeError("the engine stopped early")
+
+    torch.manual_seed(cfg.seed)
+    naive = NaiveStep(model, layer, cfg)
+    ss = PatchSampler(ArrayDataset(src), cfg.patch_size, cfg.batch_size, seed=0)
+    st = PatchSampler(ArrayDataset(tgt), cfg.patch_size, cfg.batch_size, seed=1)
+
+    def naive_step() -> float:
+        t = time.perf_counter()
+        naive.step(to_tensor(ss.sample(), "cpu"), to_tensor(st.sample(), "cpu"))
+        return time.perf_counter() - t
+
+    engine()
+    naive_step()
+    te, tn = [], []
+    for _ in range(n):
+        te.append(engine())
+        tn.append(naive_step())
+    gen.close()
+    return statistics.median(te), statistics.median(tn)
+
+
+def cmd_speed(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    rows = []
+    # the project's UNet as in benchmarks/speed.py, native and wrapped as any network
+    torch.manual_seed(0)
+    unet = UNetGenerator(num_downs=8, ngf=32, out_channels=2).eval()
+    dom = make_domain(2, size=256, seed=0)["input"]
+    dom_t = make_domain(2, size=256, seed=1, shift="overexpose")["input"]
+    cfg = AdaptConfig(batch_size=2, patch_size=256, eval_patches=2, device="cpu", ndf=32)
+    wrapped = TappedModel(copy.deepcopy(unet), input_size=256)
+    for layer, name in ((2, "down.1"), (8, "down.7")):
+        for label, model, tap in (("UNet (project class)", unet, layer),
+                                  ("UNet as any network", wrapped, wrapped.layer_index(name))):
+            te, tn = time_steps(model, tap, dom, dom_t, cfg, args.steps)
+            rows.append((label, f"{layer} = {name}", te, tn))
+            print(rows[-1], flush=True)
+    # the test architectures at 128 px
+    dom = make_domain(4, size=128, seed=0)["input"]
+    dom_t = make_domain(4, size=128, seed=1, shift="brightfield")["input"]
+    cfg = AdaptConfig(batch_size=4, patch_size=128, eval_patches=2, device="cpu", ndf=32)
+    for arch in ("care", "resunet"):
+        cls, kw, taps = ARCHS[arch]
+        model = load_arch(f"{ZOO}:{cls}", kwargs=kw, input_size=128)
+        for where, tap in taps.items():
+            te, tn = time_steps(model, model.layer_index(tap), dom, dom_t, cfg, args.steps)
+            rows.append((f"{cls} ({arch})", f"{where}: {tap}", te, tn))
+            print(rows[-1], flush=True)
+    lines = [
+        "| network | tap | engine s/step | naive s/step | naive/engine |",
+        "|---|---|---:|---:|---:|",
+        *[f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[3] / r[2]:.2f}x |" for r in rows],
+        "",
+        f"1 torch thread, median of {args.steps} steps after one warm-up, engine and naive "
+        f"alternating; load average {load:.1f} at start (2 shared cores).",
+    ]
+    (OUT / "speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+# ------------------------------------------------------------------ quality
+def _model_path(arch: str) -> Path:
+    return OUT / f"{arch}_source.pt"
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from napari_lmadda.data.datasets import PairedArrays
+    from napari_lmadda.data.normalize import percentile_normalize
+    from napari_lmadda.models import save_model
+    from napari_lmadda.training import SourceTrainConfig, train_source
+    from napari_lmadda.training.source import TARGET_RANGE
+
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    cls, kw, _ = ARCHS[args.arch]
+    torch.manual_seed(0)
+    model = load_arch(f"{ZOO}:{cls}", kwargs=kw, input_size=128)
+    train = make_domain(96, modality="phase", size=256, seed=1)
+    val = make_domain(8, modality="phase", size=256, seed=2)
+    pairs = PairedArrays(train["input"], np.stack([train["dapi"], train["cd29"]], 1),
+                         target_range=TARGET_RANGE)
+    sampler = PatchSampler(pairs, 128, 8, seed=0, augment=True)
+    lo, hi = TARGET_RANGE
+    vx = np.stack([percentile_normalize(im)[0] for im in val["input"]])[:, None]
+    vy = (np.stack([val["dapi"], val["cd29"]], 1) - lo) / (hi - lo) * 2 - 1
+    meta = {"channel_names": ["DAPI", "CD29"], "input_percentiles": [1.0, 99.8],
+            "target_range": list(TARGET_RANGE),
+            "provenance": {"script": "benchmarks/any_model.py train", "arch": args.arch}}
+    t0 = time.time()
+
+    def show(ev):
+        if getattr(ev, "is_best", None) is not None:
+            print(f"step {ev.step:5d}  val Pearson {ev.criterion:.3f}  {time.time() - t0:.0f} s",
+                  flush=True)
+
+    res = train_source(sampler, (vx, vy), model=model, meta=meta, callback=show,
+                       config=SourceTrainConfig(steps=args.steps, eval_every=250, device="cpu"))
+    hist = {h["step"]: h for h in res.history}[res.best_step]
+    res.model.meta["provenance"]["validation_pearson"] = dict(
+        zip(["DAPI", "CD29"], hist["per_channel"]))
+    save_model(res.model, _model_path(args.arch))
+    (OUT / f"{args.arch}_source.json").write_text(json.dumps(
+        {"arch": args.arch, "class": cls, "kwargs": kw, "steps": args.steps,
+         "best_step": res.best_step, "val_pearson": hist["per_channel"],
+         "params": sum(p.numel() for p in res.model.parameters()),
+         "seconds": time.time() - t0}, indent=1))
+    print(f"{args.arch}: best step {res.best_step}, val Pearson {hist['per_channel']} "
+          f"({time.time() - t0:.0f} s)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from napari_lmadda.evaluation.sweep import iter_sweep
+    from napari_lmadda.jsonsafe import json_safe
+    from quality import domains
+
+    torch.set_num_threads(args.threads)
+    cls, _, taps = ARCHS[args.arch]
+    model = load_arch(f"{ZOO}:{cls}", weights=_model_path(args.arch))
+    source, target, ev = domains("brightfield")
+    runs = OUT / "runs.jsonl"
+    done = set()
+    if runs.exists():
+        for line in runs.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["arch"], r["method"], r["tap"], r["seed"]))
+    cfg = AdaptConfig(steps=args.steps, device="cpu")
+    wanted = [w for w in args.taps.split(",") if w]
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        methods = [m for m in ("none", "adabn")
+                   if (args.arch, m, None, seed) not in done and not (m == "none" and seed)]
+        layers = [model.layer_index(taps[w]) for w in wanted
+                  if (args.arch, "lmadda", taps[w], seed) not in done]
+        if not methods and not layers:
+            continue
+        for run in iter_sweep(model, source, target, layers=layers, methods=methods,
+                              seeds=[seed], config=cfg, eval_set=ev):
+            tap = model.layer_name(run.layer) if run.layer is not None else None
+            row = {"arch": args.arch, "tap": tap,
+                   "where": next((w for w, t in taps.items() if t == tap), None),
+                   **run.to_dict(), "steps": args.steps}
+            with runs.open("a") as fh:
+                fh.write(json.dumps(json_safe(row)) + "\n")
+            print(f"{args.arch} {run.label} ({tap}) seed {seed}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in run.pearson.items())
+                  + f"  kept step {run.best_step}, {run.seconds:.0f} s", flush=True)
+
+
+def _fmt(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    med = statistics.median(vals)
+    return f"{med:.3f}" if len(vals) == 1 else f"{med:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in (OUT / "runs.jsonl").read_text().splitlines()]
+    lines = []
+    for arch, (cls, kw, taps) in ARCHS.items():
+        info = OUT / f"{arch}_source.json"
+        if not info.exists():
+            continue
+        src = json.loads(info.read_text())
+        model = load_arch(f"{ZOO}:{cls}", weights=_model_path(arch))
+        lines += [
+            f"**{cls}** (`tests/arch_zoo.py`, {json.dumps(kw)}; {src['params']:,} parameters, "
+            f"{model.num_layers} taps; trained {src['steps']} steps, validation Pearson DAPI "
+            f"{src['val_pearson'][0]:.3f}, CD29 {src['val_pearson'][1]:.3f})",
+            "",
+            "| method | tap | layer | trained parameters | seeds | Pearson DAPI | Pearson CD29 "
+            "| kept step |",
+            "|---|---|---:|---:|---:|---|---|---|",
+        ]
+        infos = {t.index: t for t in model.describe_layers(128)}
+        order = [("none", None), ("adabn", None),
+                 *[("lmadda", taps[w]) for w in ("early", "middle", "late")]]
+        for method, tap in order:
+            sel = [r for r in rows if r["arch"] == arch and r["method"] == method
+                   and r["tap"] == tap]
+            if not sel:
+                continue
+            layer = model.layer_index(tap) if tap else None
+            label = {"none": "no adaptation", "adabn": "AdaBN"}.get(method, "LM-ADDA")
+            where = next((w for w, t in taps.items() if t == tap), "")
+            lines.append(
+                f"| {label} | {f'{where}: `{tap}`' if tap else '-'} | {layer or '-'} | "
+                f"{f'{infos[layer].params_upto:,}' if layer else '-'} | {len(sel)} | "
+                f"{_fmt([r['pearson']['DAPI'] for r in sel])} | "
+                f"{_fmt([r['pearson']['CD29'] for r in sel])} | "
+                f"{_fmt([r['best_step'] for r in sel])} |")
+        lines.append("")
+    speed = OUT / "speed.md"
+    text = "\n".join(lines) + ("\n" + speed.read_text() if speed.exists() else "")
+    (OUT / "any_model.md").write_text(text)
+    print(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--steps", type=int, default=4)
+    s.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("train")
+    t.add_argument("--arch", choices=list(ARCHS), required=True)
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--threads", type=int, default=1)
+    r = sub.add_parser("run")
+    r.add_argument("--arch", choices=list(ARCHS), required=True)
+    r.add_argument("--seeds", default="0")
+    r.add_argument("--taps", default="early,middle,late")
+    r.add_argument("--steps", type=int, default=600)
+    r.add_argument("--threads", type=int, default=1)
+    sub.add_parser("report")
+    args = p.parse_args(argv)
+    {"speed": cmd_speed, "train": cmd_train, "run": cmd_run, "report": cmd_report}[args.cmd](
+        args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""``lmadda`` with a network given as architecture code: train, list, adapt, predict, refuse.
+
+A user's sequence on tiny folders: ``train-source --arch`` trains a CARE-style UNet from
+``tests/arch_zoo.py``; ``layers`` lists its taps; ``adapt --arch ... --layer <module>``
+adapts it; ``predict`` with and without ``--arch``; ``recommend-layer`` on it; bad input gives
+one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tifffile
+import torch
+
+from napari_lmadda.cli import main
+from napari_lmadda.data.synthetic import write_domain
+
+ARCH = f"{Path(__file__).parent / 'arch_zoo.py'}:CareUNet"
+KW = json.dumps({"out_channels": 2, "depth": 2, "ngf": 8})
+TINY = ["--batch", "2", "--patch", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anycli")
+    write_domain(root / "src", 4, size=64, seed=0)
+    write_domain(root / "tgt", 3, size=64, seed=1, shift="brightfield")
+    return root
+
+
+def one_line_error(capsys, command):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lmadda {command}: error: "), err
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_train_list_adapt_predict_with_architecture_code(ws, capsys):
+    src, tgt = str(ws / "src/input"), str(ws / "tgt/input")
+    model = ws / "care.pt"
+    rc = main(["train-source", "--inputs", src, "--targets", str(ws / "src/dapi"),
+               "--targets", str(ws / "src/cd29"), "--channel-names", "DAPI,CD29",
+               "--out", str(model), "--steps", "2", "--eval-every", "2", "--arch", ARCH,
+               "--arch-kwargs", KW, "--input-size", "64", *TINY])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+    # opening the file does not run its architecture: the message names the --arch to give
+    rc = main(["layers", "--model", str(model)])
+    assert rc == 2
+    assert "--arch" in one_line_error(capsys, "layers")
+    assert main(["layers", "--model", str(model), "--arch", ARCH, "--size", "64"]) == 0
+    text = capsys.readouterr().out
+    # the keyword arguments stored in the file (depth 2) rebuild it: 37 taps
+    assert "enc.1" in text and "output" in text and "37 layers" in text
+
+    out = ws / "adapted.pt"
+    rc = main(["adapt", "--arch", ARCH, "--model", str(model), "--source", src,
+               "--target", tgt, "--layer", "enc.1", "--out", str(out), "--steps", "2",
+               "--eval-every", "2", *TINY])
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "(enc.1)" in text and f"wrote {out}" in text
+    # the adapted file: a reference to the code and the kept weights, no code
+    saved = torch.load(out, weights_only=True)
+    assert saved["format_version"] == 3 and saved["arch"]["arch"]["class"] == "CareUNet"
+    prov = saved["meta"]["provenance"]
+    assert prov["layer_names"] == ["enc.1"] and prov["method"] == "lmadda"
+    assert saved["meta"]["channel_names"] == ["DAPI", "CD29"]
+
+    preds = ws / "preds"
+    rc = main(["predict", "--arch", ARCH, "--model", str(out), "--images", tgt,
+               "--out", str(preds), "--device", "cpu", "--tile", "32"])
+    assert rc == 0, capsys.readouterr().err
+    files = sorted(preds.glob("*.tif"))
+    assert len(files) == 3 and tifffile.imread(files[0]).shape == (2, 64, 64)
+
+    rc = main(["recommend-layer", "--arch", ARCH, "--model", str(model), "--source", src,
+               "--target", tgt, "--patches", "8", "--patch", "32", "--probe-steps", "0",
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert "layer" in capsys.readouterr().out
+
+
+def test_plain_state_dict_with_options_and_refusals(ws, capsys, tmp_path):
+    from arch_zoo import CareUNet
+
+    torch.save(CareUNet(out_channels=2, depth=2, ngf=8).state_dict(), tmp_path / "w.pt")
+    src, tgt = str(ws / "src/input"), str(ws / "tgt/input")
+    out = tmp_path / "a.pt"
+    rc = main(["adapt", "--arch", ARCH, "--arch-kwargs", KW, "--weights",
+               str(tmp_path / "w.pt"), "--source", src, "--target", tgt, "--method", "adabn",
+               "--layer", "bottom", "--percentiles", "2,99", "--channel-names", "Nuc,Mem",
+               "--out", str(out), "--steps", "2", *TINY])
+    assert rc == 0, capsys.readouterr().err
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["input_percentiles"] == [2.0, 99.0]
+    assert meta["channel_names"] == ["Nuc", "Mem"]
+
+    bad = {
+        "weights without arch": ["adapt", "--weights", str(tmp_path / "w.pt")],
+        "arch without weights": ["adapt", "--arch", ARCH, "--arch-kwargs", KW],
+        "unknown module": ["adapt", "--arch", ARCH, "--arch-kwargs", KW, "--weights",
+                           str(tmp_path / "w.pt"), "--layer", "enc.7"],
+        "kwargs not json": ["adapt", "--arch", ARCH, "--arch-kwargs", "{depth: 2}",
+                            "--weights", str(tmp_path / "w.pt")],
+        "wrong names": ["adapt", "--arch", ARCH, "--arch-kwargs", KW, "--weights",
+                        str(tmp_path / "w.pt"), "--layer", "enc.1", "--channel-names", "A"],
+        "apma": ["adapt", "--arch", ARCH, "--arch-kwargs", KW, "--weights",
+                 str(tmp_path / "w.pt"), "--method", "apma"],
+    }
+    expect = {"weights without arch": "--weights needs --arch",
+              "arch without weights": "needs its trained weights",
+              "unknown module": "no module named 'enc.7'",
+              "kwargs not json": "not valid JSON", "wrong names": "1 name(s)",
+              "apma": "project's UNet"}
+    for case, argv in bad.items():
+        rc = main([*argv, "--source", src, "--target", tgt, "--out",
+                   str(tmp_path / "x.pt"), "--steps", "1", *TINY])
+        assert rc == 2, case
+        assert expect[case] in one_line_error(capsys, "adapt"), case
