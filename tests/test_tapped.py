@@ -263,3 +263,40 @@ def test_project_unet_keeps_its_numbering_and_gets_names():
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(tapped(x, upto=tapped.layer_index("down.1")), unet(x, upto=2))
+
+
+def test_several_input_channels(tmp_path):
+    """A 2-channel model adapts on 2-channel images and predicts (C, H, W); a mismatch is
+    refused with one line."""
+    import tifffile
+
+    from napari_lmadda.cli.adapt import open_images
+    from napari_lmadda.inference.predict import predict_image
+
+    model = TappedModel(CareUNet(in_channels=2, out_channels=1, ngf=4), input_size=32).eval()
+    assert model.config.in_channels == 2
+    rng = np.random.default_rng(0)
+    src = rng.random((3, 2, 48, 48)).astype(np.float32)
+    tgt = (rng.random((3, 2, 48, 48)) * 3 + 1).astype(np.float32)
+    cfg = AdaptConfig(steps=2, batch_size=2, patch_size=32, eval_every=2, eval_patches=4,
+                      ndf=4, device="cpu", criterion="last")
+    res = adapt(model, src, tgt, method="lmadda", layers="enc.1", config=cfg)
+    assert res.best_step == 2
+    y = predict_image(res.model, tgt[0], tile=32, overlap=8)
+    assert y.shape == (1, 48, 48) and np.isfinite(y).all()
+    with pytest.raises(ConfigError, match="takes 2 input channels but was given one"):
+        predict_image(res.model, tgt[0, 0])
+    with pytest.raises(ConfigError, match="2-D"):
+        predict_image(res.model, tgt[0, :1])
+    # a folder of 2-page TIFFs: two planes per item
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", (tgt[i] * 1000).astype(np.uint16))
+    stacks = open_images(tmp_path, model, "--target")
+    assert len(stacks) == 2 and stacks[0].shape == (2, 48, 48)
+    tifffile.imwrite(tmp_path / "f2.tif", (tgt[2, 0] * 1000).astype(np.uint16))
+    with pytest.raises(ConfigError, match="f2.tif' has 1 plane"):
+        open_images(tmp_path, model, "--target")
+    # a grey model given 2-channel stacks: refused by the model's input check
+    grey = _tapped(CareUNet)
+    with pytest.raises(ConfigError, match="takes 1 input channel"):
+        adapt(grey, src, tgt, method="lmadda", layers="enc.1", config=cfg)

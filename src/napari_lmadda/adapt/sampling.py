@@ -23,7 +23,10 @@ def make_sampler(
     obj : sampler, PlaneDataset, ndarray, list of ndarray, or path
         Anything with ``sample()`` is used as is; a dataset is wrapped; an array ``(N, H, W)``
         or a list of 2-D arrays becomes an :class:`ArrayDataset`; a path an
-        :class:`ImageFolder` (both normalised with the project's default percentiles).
+        :class:`ImageFolder` (both normalised with the project's default percentiles); an
+        array ``(N, C, H, W)`` with C > 1, or a
+        :class:`~napari_lmadda.data.stacks.ChannelStacks`, gives ``(B, C, P, P)`` batches
+        (models with C input channels).
     patch_size, batch_size : int
         Patch side and patches per batch.
     seed : int
@@ -32,11 +35,14 @@ def make_sampler(
         Used in error messages ("source", "target").
     """
     from ..data.datasets import ArrayDataset, ImageFolder, PatchSampler, PlaneDataset
+    from ..data.stacks import ChannelStacks
 
     if hasattr(obj, "sample"):
         return obj
-    if isinstance(obj, PlaneDataset):
+    if isinstance(obj, PlaneDataset | ChannelStacks):
         ds = obj
+    elif isinstance(obj, np.ndarray) and obj.ndim == 4 and obj.shape[1] > 1:
+        ds = ChannelStacks.from_datasets([ArrayDataset(obj[:, c]) for c in range(obj.shape[1])])
     elif isinstance(obj, np.ndarray) or (
         isinstance(obj, list | tuple) and obj and isinstance(obj[0], np.ndarray)
     ):
@@ -199,7 +205,7 @@ class ShardedSampler:
                 xs.append(s._crop(int(i))[0])
             else:
                 self._skip(int(i))
-        return np.ascontiguousarray(np.stack(xs)[:, np.newaxis], dtype=np.float32)
+        return np.ascontiguousarray(np.stack(xs), dtype=np.float32)  # (B / world, C, P, P)
 
 
 def shard_sampler(sampler: Any, rank: int, world: int) -> Any:

@@ -66,12 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_images(folder: Path, model: Any, option: str):
-    """Open a folder as an :class:`ImageFolder` normalised like the model's inputs."""
+    """Open a folder as an :class:`ImageFolder` normalised like the model's inputs.
+
+    For a model with C > 1 input channels, each file's planes are taken C at a time
+    (:meth:`~napari_lmadda.data.stacks.ChannelStacks.from_pages`).
+    """
     from ..data.datasets import ImageFolder
     from ..data.normalize import model_percentiles
+    from ..data.stacks import ChannelStacks
     from ._common import check_folder
 
-    return ImageFolder(check_folder(folder, option), percentiles=model_percentiles(model))
+    images = ImageFolder(check_folder(folder, option), percentiles=model_percentiles(model))
+    cin = int(getattr(getattr(model, "config", None), "in_channels", 1))
+    return ChannelStacks.from_pages(images, cin) if cin > 1 else images
 
 
 def progress_line(ev: Any, last_step: Any, best_step: int) -> str:

@@ -781,9 +781,11 @@ class PatchSampler:
         p = self.patch_size
         if self.paired:
             x, y = self.dataset[index]
-            stack = np.concatenate([x[np.newaxis], y])  # (1 + C, H, W): one crop for all
+            x = x if x.ndim == 3 else x[np.newaxis]  # (C_in, H, W): one or more channels
+            stack = np.concatenate([x, y])  # (C_in + C, H, W): one crop for all
         else:
-            stack = self.dataset[index][np.newaxis]
+            x = self.dataset[index]
+            stack = x if x.ndim == 3 else x[np.newaxis]
         h, w = stack.shape[-2:]
         if h < p or w < p:
             if not self.pad_small:
@@ -807,8 +809,8 @@ class PatchSampler:
             if self.rng.integers(0, 2):
                 patch = patch[:, :, ::-1]
         if self.paired:
-            return patch[0], patch[1:]
-        return patch[0], None
+            return patch[: len(x)], patch[len(x) :]
+        return patch, None
 
     def sample(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Draw one batch.
@@ -816,8 +818,8 @@ class PatchSampler:
         Returns
         -------
         numpy.ndarray or (numpy.ndarray, numpy.ndarray)
-            ``(B, 1, P, P)`` ``float32``; for a paired dataset ``(inputs (B, 1, P, P),
-            targets (B, C, P, P))``.
+            ``(B, 1, P, P)`` ``float32`` (``(B, C_in, P, P)`` for a dataset of
+            ``(C_in, H, W)`` stacks); for a paired dataset ``(inputs, targets (B, C, P, P))``.
         """
         idx = self.rng.integers(0, len(self.dataset), size=self.batch_size)
         xs, ys = [], []
@@ -826,7 +828,7 @@ class PatchSampler:
             xs.append(x)
             if y is not None:
                 ys.append(y)
-        inputs = np.ascontiguousarray(np.stack(xs)[:, np.newaxis], dtype=np.float32)
+        inputs = np.ascontiguousarray(np.stack(xs), dtype=np.float32)
         if self.paired:
             return inputs, np.ascontiguousarray(np.stack(ys), dtype=np.float32)
         return inputs

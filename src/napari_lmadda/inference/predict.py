@@ -179,7 +179,8 @@ def predict_image(
     model : UNetGenerator
         The (adapted) model; ``model.meta`` gives normalisation and output range.
     image : ndarray
-        ``(H, W)`` grey image, raw intensities (or already normalised with ``normalize=False``).
+        ``(H, W)`` grey image, raw intensities (or already normalised with ``normalize=False``);
+        ``(C, H, W)`` for a model with C > 1 input channels (each channel normalised alone).
     tile, overlap : int
         Tile side (rounded to a multiple of ``2**num_downs``) and overlap in pixels.
     batch_size : int
@@ -205,25 +206,30 @@ def predict_image(
     from ..data.normalize import model_percentiles, percentile_normalize
 
     img = np.asarray(image)
-    if img.ndim != 2 or img.size == 0:
+    cin = int(getattr(getattr(model, "config", None), "in_channels", 1))
+    if cin > 1 and img.ndim == 3 and img.shape[0] == cin and img.size:
+        planes = list(img)  # several input channels: one (H, W) plane each
+    elif img.ndim != 2 or img.size == 0:
         raise ConfigError(f"predict_image takes a 2-D (H, W) image, got shape {img.shape}")
+    else:
+        _check_grey_model(model)
+        planes = [img]
     if tile < 1 or overlap < 0 or batch_size < 1:
         raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
     if amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    _check_grey_model(model)
     meta = getattr(model, "meta", {}) or {}
     if normalize:
         p_low, p_high = model_percentiles(meta)
-        x, _ = percentile_normalize(img, p_low, p_high)
+        x = np.stack([percentile_normalize(p, p_low, p_high)[0] for p in planes])
     else:
-        x = img.astype(np.float32)
+        x = np.stack([p.astype(np.float32) for p in planes])
     x = np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # x is our own copy
-    grid = tile_grid(x.shape, model.min_size, tile, overlap)
+    grid = tile_grid(x.shape[1:], model.min_size, tile, overlap)
     h, w = grid.height, grid.width
     ph, pw, th, tw = grid.padded_height, grid.padded_width, grid.tile_height, grid.tile_width
     if (ph, pw) != (h, w):
-        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=grid.pad_mode)
+        x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), mode=grid.pad_mode)
     dev = torch.device(device) if device else next(model.parameters()).device
     modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
@@ -238,7 +244,7 @@ def predict_image(
                 if cancel is not None and cancel():
                     raise LmaddaError("prediction cancelled")
                 chunk = coords[i : i + batch_size]
-                batch = np.stack([x[r : r + th, c : c + tw] for r, c in chunk])[:, None]
+                batch = np.stack([x[:, r : r + th, c : c + tw] for r, c in chunk])
                 out = model(torch.from_numpy(batch).to(dev)).float().cpu().numpy()
                 for (r, c), o in zip(chunk, out):
                     acc[:, r : r + th, c : c + tw] += o * win
@@ -263,8 +269,9 @@ def _check_grey_model(model) -> None:
     cin = getattr(getattr(model, "config", None), "in_channels", 1)
     if cin != 1:
         raise ConfigError(
-            f"this model takes {cin} input channels; napari-lmadda feeds it one grey plane "
-            "at a time, so only single-channel (grey-input) models can be used"
+            f"this model takes {cin} input channels but was given one grey plane; give "
+            f"({cin}, H, W) images (predict_image does; the folder and dask predictions "
+            "read one plane at a time)"
         )
 
 

@@ -371,6 +371,9 @@ def _needs_code(path: Path, header: Any) -> str:
     ref = header.get("arch") if isinstance(header, Mapping) else None
     if not isinstance(ref, Mapping):
         return f"'{path}' is a napari-lmadda model file with a damaged architecture reference"
+    if not ref.get("class"):
+        return (f"'{path}' holds a network built in Python without an architecture reference; "
+                "give --arch file.py:Class to rebuild it (that runs the file)")
     return (f"'{path}' holds a {ref.get('class', '?')} network whose architecture is code; "
             f"napari-lmadda runs no code from a file it opens: give {arch_hint(ref)} to "
             "rebuild it (that runs the file)")
