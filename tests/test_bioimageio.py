@@ -133,8 +133,8 @@ def test_test_tensors_are_the_projects_prediction(demo_package):
         x = np.load(io.BytesIO(zf.read("test_input.npy")))
         y = np.load(io.BytesIO(zf.read("test_output.npy")))
     assert x.shape == (1, 1, 256, 256) and x.max() > 1000  # raw 12-bit intensities
-    np.testing.assert_array_equal(y[0], predict_image(load_model("demo"), x[0, 0], tile=256,
-                                                      overlap=0))
+    np.testing.assert_allclose(y[0], predict_image(load_model("demo"), x[0, 0], tile=256,
+                                                   overlap=0), rtol=0, atol=1e-6)
 
 
 def test_torchscript_runs_without_the_package(demo_package, tmp_path):
@@ -158,6 +158,34 @@ def test_torchscript_runs_without_the_package(demo_package, tmp_path):
     with torch.no_grad():
         want = load_model("demo")(x)
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, atol=1e-5, rtol=1e-4)
+
+
+def test_per_channel_stain_units_in_the_postprocessing(tmp_path):
+    """A model whose channels have their own ranges: the spec steps reproduce the test output."""
+    from napari_lmadda.bioimageio import export_bioimageio
+    from napari_lmadda.data.normalize import TargetNorm
+
+    torch.manual_seed(0)
+    model = UNetGenerator(num_downs=3, ngf=4, out_channels=2).eval()
+    norm = TargetNorm((0.0, 100.0), (1.0, 4000.0), mode="dataset", percentiles=(0.5, 99.5))
+    model.meta = {"channel_names": ["DAPI", "CD29"], "input_percentiles": [2.0, 99.0],
+                  **norm.to_meta()}
+    path = export_bioimageio(model, tmp_path / "pc.zip", sample=_uint12(size=64))
+    rdf = _rdf(path)
+    post = rdf["outputs"][0]["postprocessing"][0]["kwargs"]
+    assert post["gain"] == pytest.approx([0.5, 1950.0])
+    assert post["offset"] == pytest.approx([0.5, 2050.0])
+    with zipfile.ZipFile(path) as zf:
+        x = np.load(io.BytesIO(zf.read("test_input.npy")))[0, 0].astype(np.float64)
+        want = np.load(io.BytesIO(zf.read("test_output.npy")))[0]
+        net = torch.jit.load(io.BytesIO(zf.read("weights_torchscript.pt")))
+    lo, hi = np.percentile(x, [2.0, 99.0])  # scale_range, then scale_linear(2, -1)
+    pre = 2 * (x - lo) / (hi - lo + 1e-6) - 1
+    with torch.no_grad():
+        y = net(torch.from_numpy(pre.astype(np.float32))[None, None])[0].numpy()
+    got = np.asarray(post["gain"])[:, None, None] * y + np.asarray(post["offset"])[:, None, None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert np.ptp(want[1]) > 10 * np.ptp(want[0])  # the CD29 channel is in its own units
 
 
 # ------------------------------------------------------------------ import: round trips
@@ -314,6 +342,8 @@ def test_export_refusals(tmp_path, demo_package, monkeypatch):
     multi = UNetGenerator(in_channels=2, num_downs=3, ngf=4)
     with pytest.raises(ConfigError, match="2 input channels"):
         export_bioimageio(multi, tmp_path / "m.zip")
+    with pytest.raises(ConfigError, match="not an SPDX license"):
+        export_bioimageio("demo", tmp_path / "l.zip", license="MIT License")
     with pytest.raises(ConfigError, match="smaller than"):
         export_bioimageio("demo", tmp_path / "s.zip", sample=np.ones((32, 300)))
     monkeypatch.setitem(sys.modules, "bioimageio.spec.model", None)

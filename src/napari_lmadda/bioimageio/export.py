@@ -347,6 +347,11 @@ def export_bioimageio(
     from ..models.translated import TranslatedModel
 
     s = _require_spec()
+    try:
+        license_id = s.LicenseId(license)
+    except Exception:  # pydantic's message lists every SPDX identifier: say it in one line
+        raise ConfigError(f"license {license!r} is not an SPDX license identifier bioimage.io "
+                          "accepts (e.g. CC-BY-4.0, MIT, BSD-3-Clause)") from None
     out = Path(path).expanduser()
     if out.exists() and not overwrite:
         raise OutputExistsError(f"'{out}' already exists (pass overwrite to replace it)")
@@ -367,7 +372,10 @@ def export_bioimageio(
 
     plane, sample_from = _sample_plane(sample)
     x = _crop(plane, m)
-    y = predict_image(model, x, tile=max(x.shape), overlap=0, batch_size=1)
+    # network range, then the model's own per-channel decoding: exactly what the package's
+    # postprocessing does, whatever the target normalisation
+    y = norm.decode(predict_image(model, x, tile=max(x.shape), overlap=0, batch_size=1,
+                                  to_stain=False))
 
     what, prov_lines = _describe(model, names, norm)
     tmp = Path(tempfile.mkdtemp(prefix="lmadda-bioimageio-"))
@@ -459,7 +467,7 @@ def export_bioimageio(
             description=description or what,
             authors=[s.Author(name=a) for a in authors],
             cite=[s.CiteEntry(text=f"{', '.join(PAPER_AUTHORS)}. {PAPER_TITLE}.", url=docs_url)],
-            license=s.LicenseId(license),
+            license=license_id,
             documentation=s.FileDescr(source=tmp / "README.md"),
             covers=[s.FileDescr(source=tmp / "cover.png")],
             tags=list(dict.fromkeys(all_tags)),
