@@ -8,7 +8,11 @@ its code. See :mod:`napari_lmadda.bioimageio.export` for what it holds.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 
 NAME = "export-bioimageio"
 HELP = (
@@ -18,30 +22,35 @@ HELP = (
 )
 
 
+@dataclass(kw_only=True)
+class ExportBioimageioArgs:
+    """The options of ``export-bioimageio``."""
+
+    model: str = option(help="model file (.pt, pix2pix .pth, a bioimage.io zip) or 'demo' for "
+                        "the bundled model", flag="--model")
+    out: Path = option(help="package to write, e.g. model.bioimageio.zip", flag="--out")
+    sample: Path | None = option(None, "an image of the microscope the model is for: its "
+                                 "first plane (centre-cropped to at most 512 px) gives the test "
+                                 "tensors", flag="--sample",
+                                 default_text="default: a synthetic phase-contrast field")
+    name: str | None = option(None, "name shown by the model zoo", flag="--name")
+    description: str | None = option(None, "short description", flag="--description",
+                                     default_text="default: channels and adaptation "
+                                     "provenance")
+    author: list[str] = option([], "who made the model (repeat for several; bioimage.io asks "
+                               "for at least one before upload)", flag="--author", repeat=True)
+    license: str = option("CC-BY-4.0", "SPDX license of the weights, e.g. MIT or BSD-3-Clause",
+                          flag="--license", default_text="default CC-BY-4.0, bioimage.io's "
+                          "recommendation")
+    tag: list[str] = option([], "extra tag (repeatable)", flag="--tag", repeat=True)
+    test: bool = option(False, "then run bioimageio.core's test of the package (needs "
+                        "bioimageio.core; about a minute on a CPU)", flag="--test")
+    overwrite: bool = option(False, "replace an existing --out", flag="--overwrite")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``export-bioimageio``."""
-    parser.add_argument("--model", required=True,
-                        help="model file (.pt, pix2pix .pth) or 'demo' for the bundled model")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="package to write, e.g. model.bioimageio.zip")
-    parser.add_argument("--sample", type=Path, default=None,
-                        help="an image of the microscope the model is for: its first plane "
-                        "(centre-cropped to at most 512 px) gives the test tensors "
-                        "(default: a synthetic phase-contrast field)")
-    parser.add_argument("--name", default=None, help="name shown by the model zoo")
-    parser.add_argument("--description", default=None,
-                        help="short description (default: channels and adaptation provenance)")
-    parser.add_argument("--author", action="append", default=[],
-                        help="who made the model (repeat for several; bioimage.io asks for "
-                        "at least one before upload)")
-    parser.add_argument("--license", default="CC-BY-4.0",
-                        help="SPDX license of the weights (default CC-BY-4.0, bioimage.io's "
-                        "recommendation)")
-    parser.add_argument("--tag", action="append", default=[], help="extra tag (repeatable)")
-    parser.add_argument("--test", action="store_true",
-                        help="then run bioimageio.core's test of the package (needs "
-                        "bioimageio.core; about a minute on a CPU)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    """Add the options of ``export-bioimageio`` (:class:`ExportBioimageioArgs`)."""
+    add_arguments_of(parser, ExportBioimageioArgs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_one_line(args.model)
     path = export_bioimageio(
         model, out, sample=args.sample, name=args.name, description=args.description,
-        authors=args.author, license=args.license, tags=args.tag, overwrite=args.overwrite,
+        authors=args.author or (), license=args.license, tags=args.tag or (),
+        overwrite=args.overwrite,
     )
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if not args.author:
