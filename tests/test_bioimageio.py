@@ -299,6 +299,21 @@ def test_foreign_pix2pix_package_loads_without_running_its_code(tmp_path):
         torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-4)
 
 
+def test_spec_0_4_step_names_are_read(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pix2pix_reference import NestedUnet
+
+    pre = [{"name": "scale_range", "kwargs": {"mode": "per_sample", "axes": "xy",
+                                              "min_percentile": 0.5, "max_percentile": 99.5}},
+           {"name": "scale_linear", "kwargs": {"gain": 2.0, "offset": -1.0}}]
+    post = [{"name": "scale_linear", "kwargs": {"gain": 2.0, "offset": 1.0}}]
+    path = _write_package(tmp_path / "v04.zip", NestedUnet(1, 1, 5, ngf=8).state_dict(),
+                          arch_code="", pre=pre, post=post)
+    model = load_model(path)
+    assert model.meta["input_percentiles"] == [0.5, 99.5]
+    assert model.meta["target_range"] == [-1.0, 3.0]
+
+
 def test_package_code_runs_only_when_asked(tmp_path):
     from napari_lmadda.bioimageio import load_bioimageio_architecture
 

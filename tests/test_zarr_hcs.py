@@ -69,10 +69,11 @@ def test_hcs_plate_written_by_ome_zarr_is_predicted(model, tmp_path, version, ca
         "screen_A_1_0_pred.ome.zarr", "screen_A_1_1_pred.ome.zarr",
         "screen_B_2_0_pred.ome.zarr", "screen_B_2_1_pred.ome.zarr"]
     assert not rep.skipped
-    for (_, img), out in zip(images.items(), rep.written):
+    for (field, img), out in zip(images.items(), rep.written):
         g = zarr.open_group(str(out), mode="r")
         np.testing.assert_allclose(g["0"][:], predict_image(model, img, tile=32, overlap=8),
                                    atol=1e-5)
+        assert g.attrs["lmadda"]["source_image"] == f"screen.ome.zarr/{field}"
         ms = g.attrs["ome"]["multiscales"][0]
         assert [a.get("unit") for a in ms["axes"]] == [None, "micrometer", "micrometer"]
         assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx(

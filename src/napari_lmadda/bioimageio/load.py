@@ -188,8 +188,10 @@ def read_bioimageio_package(path: str | os.PathLike[str]) -> BioimageioPackage:
     if not isinstance(rdf, dict) or rdf.get("type") != "model":
         if zf is not None:
             zf.close()
-        kind = rdf.get("type") if isinstance(rdf, dict) else type(rdf).__name__
-        raise CheckpointError(f"'{p}' is a bioimage.io package but not a model ({kind})")
+        kind = rdf.get("type", "missing") if isinstance(rdf, dict) else type(rdf).__name__
+        what = "a zip archive" if zf is not None else "a bioimage.io description"
+        raise CheckpointError(f"'{p}' is {what} but not a PyTorch model file or a bioimage.io "
+                              f"model package (its rdf.yaml gives type: {kind})")
     return BioimageioPackage(p, rdf, zf, root)
 
 
@@ -226,7 +228,9 @@ def _state_dict(pkg: BioimageioPackage) -> dict[str, Any]:
 
 def _steps(tensor: dict[str, Any], key: str) -> list[dict[str, Any]]:
     steps = tensor.get(key) or []
-    return [s for s in steps if isinstance(s, dict) and s.get("id") != "ensure_dtype"]
+    # spec 0.5 names a step by "id", 0.4 by "name"
+    steps = [{**s, "id": s.get("id") or s.get("name")} for s in steps if isinstance(s, dict)]
+    return [s for s in steps if s["id"] != "ensure_dtype"]
 
 
 def _input_percentiles(pkg: BioimageioPackage) -> list[float]:

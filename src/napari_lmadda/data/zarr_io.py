@@ -48,6 +48,7 @@ __all__ = [
     "zarr_inputs",
     "zarr_layer_data",
     "zarr_stem",
+    "source_name",
     "open_ome_zarr",
     "open_zarr_array",
     "zarr_planes",
@@ -117,6 +118,13 @@ def zarr_stem(path: str | os.PathLike[str]) -> str:
         if name.lower().endswith(sfx):
             return name[: -len(sfx)]
     return name
+
+
+def source_name(path: str | os.PathLike[str]) -> str:
+    """How outputs name their input: the file name, or ``plate.ome.zarr/A/1/0`` for a field."""
+    p = Path(path)
+    root = _zarr_root(p)
+    return p.relative_to(root.parent).as_posix() if root is not None and root != p else p.name
 
 
 def _ome_attrs(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -729,7 +729,7 @@ def iter_predict_folder_dask(
     import dask.array as da
 
     from ..data.io import ImageWarning, write_tiff
-    from ..data.zarr_io import OmeZarrWriter, read_calibration
+    from ..data.zarr_io import OmeZarrWriter, read_calibration, source_name
 
     t0 = time.perf_counter()
     _check_options(tile, overlap, batch_size, chunk, amp)
@@ -788,7 +788,7 @@ def iter_predict_folder_dask(
         _emit([m for ms in msgs for m in ms], job.path)
         n = job.n_planes
         md = {
-            "source_image": job.path.name,
+            "source_image": source_name(job.path),  # an HCS field: plate.ome.zarr/A/1/0
             "channels": names,
             "model": meta.get("provenance", {}),
             **(metadata or {}),
