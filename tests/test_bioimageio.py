@@ -198,6 +198,23 @@ def test_round_trip_demo_predictions_equal(demo_package):
     np.testing.assert_array_equal(predict_image(back, img), predict_image(original, img))
 
 
+def test_imported_package_adapts(demo_package, domains):
+    """A package loads as a model the engine adapts (only the layers up to the tap change)."""
+    from napari_lmadda.adapt.config import AdaptConfig
+    from napari_lmadda.adapt.engine import adapt
+
+    model = load_model(demo_package)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src, tgt = domains
+    cfg = AdaptConfig(steps=2, batch_size=2, patch_size=64, eval_every=1, eval_patches=2, ndf=8,
+                      lr_g=1e-2, ema_decay=0.0, criterion="last", device="cpu")
+    res = adapt(model, src, tgt, method="lmadda", layers=2, config=cfg)
+    after = res.model.state_dict()
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k in before
+               if not torch.equal(before[k], after[k])}
+    assert changed and changed <= {"down.0", "down.1"}
+
+
 def test_round_trip_adapted_model(adapted_package):
     model_file, package = adapted_package
     original, back = load_model(model_file), load_model(package)
