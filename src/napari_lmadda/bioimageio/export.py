@@ -222,7 +222,11 @@ def _readme(model: Any, names: list[str], norm: Any, prov_lines: list[str], samp
     return f"""# napari-lmadda model: {', '.join(names)} virtual stain
 
 Made with napari-lmadda ({docs_url}). Input: one grey plane, any size that is a multiple
-of {model.min_size} pixels per side (tile larger images). Output: {len(names)} channel(s).
+of {model.min_size} pixels per side. Output: {len(names)} channel(s). Predict whole images
+where memory allows (bioimageio.core reproduces napari-lmadda to 1e-7 then); tiles without
+overlap show seams, since the network sees further than a tile's border (napari-lmadda
+blends overlapping tiles). No halo is declared: it would make tools pad inputs to sizes the
+network does not take.
 
 ## Normalisation
 
