@@ -122,3 +122,40 @@ def test_plain_state_dict_with_options_and_refusals(ws, capsys, tmp_path):
                    str(tmp_path / "x.pt"), "--steps", "1", *TINY])
         assert rc == 2, case
         assert expect[case] in one_line_error(capsys, "adapt"), case
+
+
+def test_bioimageio_package_with_architecture_code(ws, capsys, tmp_path):
+    """A package whose network is not a pix2pix UNet: refused as data, adapted with
+    --allow-code at a module name, the adapted file reloaded with --arch <package>."""
+    from test_bioimageio import _write_package
+
+    from arch_zoo import CareUNet
+
+    marker = tmp_path / "ran.txt"
+    code = ((Path(__file__).parent / "arch_zoo.py").read_text()
+            + f"\nopen({str(marker)!r}, 'w').write('ran')\n"
+            + "\nclass Net(CareUNet):\n    def __init__(self):\n"
+            "        super().__init__(out_channels=1, depth=2, ngf=4)\n")
+    torch.manual_seed(0)
+    sd = CareUNet(out_channels=1, depth=2, ngf=4).state_dict()
+    pkg = _write_package(tmp_path / "care.zip", sd, arch_code=code)
+    src, tgt = str(ws / "src/input"), str(ws / "tgt/input")
+    common = ["--source", src, "--target", tgt, "--steps", "2", "--eval-every", "2", *TINY]
+    out = tmp_path / "adapted.pt"
+    rc = main(["adapt", "--model", str(pkg), "--layer", "enc.1", "--out", str(out), *common])
+    assert rc == 2 and "not a pix2pix-style UNet" in one_line_error(capsys, "adapt")
+    assert not marker.exists()  # the package's code did not run
+    rc = main(["adapt", "--model", str(pkg), "--allow-code", "--layer", "enc.1",
+               "--out", str(out), *common])
+    assert rc == 0, capsys.readouterr().err
+    assert marker.exists() and "(enc.1)" in capsys.readouterr().out
+    saved = torch.load(out, weights_only=True)
+    assert saved["meta"]["input_percentiles"] == [2.0, 99.0]  # from its preprocessing
+    assert saved["meta"]["channel_names"] == ["nuclei"]
+    rc = main(["predict", "--model", str(out), "--images", tgt, "--out",
+               str(tmp_path / "p"), "--device", "cpu"])
+    assert rc == 2 and f"--arch {pkg}" in one_line_error(capsys, "predict")
+    rc = main(["predict", "--arch", str(pkg), "--model", str(out), "--images", tgt,
+               "--out", str(tmp_path / "p"), "--device", "cpu", "--tile", "32"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "p").glob("*.tif"))) == 3

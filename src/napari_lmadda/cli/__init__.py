@@ -28,6 +28,7 @@ _COMMANDS = [
     "evaluate",
     "make_synthetic",
     "fid",
+    "export_bioimageio",
 ]
 
 

@@ -44,7 +44,8 @@ class ArchArgs:
 
     arch: str | None = option(
         None, "build the model from this architecture: path/to/file.py:ClassName (RUNS that "
-        "file) or a TorchScript file (predict only)", flag="--arch", metavar="FILE.py:CLASS")
+        "file), a bioimage.io package (RUNS its architecture file) or a TorchScript file "
+        "(predict only)", flag="--arch", metavar="FILE.py:CLASS")
     arch_kwargs: str | None = option(None, "keyword arguments of the --arch class, as JSON",
                                      flag="--arch-kwargs", metavar="JSON")
     weights: Path | None = option(None, "weights of --arch: a state dict (.pt/.pth), loaded "
@@ -88,46 +89,41 @@ def load_cli_model(args: argparse.Namespace, device: str = "cpu", *,
     without them if not ``need_weights``); otherwise ``--model`` is loaded as data
     (``--allow-code`` lets a bioimage.io package's architecture file run).
     """
-    from ..models.arch import ScriptedModel, is_torchscript, load_arch
+    from ..bioimageio.load import is_bioimageio_package
+    from ..models.arch import ScriptedModel, is_torchscript, load_arch, load_bioimageio_tapped
     from ._common import load_model_one_line
 
     arch = getattr(args, "arch", None)
     model_path = getattr(args, "model", None)
     weights = getattr(args, "weights", None)
+    size = getattr(args, "input_size", 256)
     if arch:
+        if weights is not None and model_path is not None:
+            raise ConfigError("give the weights of --arch as --weights or --model, not both")
         if ":" not in Path(arch).name and is_torchscript(arch):
             model = ScriptedModel(Path(arch).expanduser()).to(device)
+        elif ":" not in Path(arch).name and is_bioimageio_package(arch):
+            model = load_bioimageio_tapped(arch, weights=weights or model_path,
+                                           input_size=size, device=device)
         else:
-            if weights is not None and model_path is not None:
-                raise ConfigError("give the weights of --arch as --weights or --model, not both")
             if need_weights and weights is None and model_path is None:
                 raise ConfigError(f"--arch {arch} needs its trained weights: --weights W.pt")
             model = load_arch(arch, kwargs=_kwargs(getattr(args, "arch_kwargs", None)),
                               weights=weights if weights is not None else model_path,
-                              input_size=getattr(args, "input_size", 256), device=device)
+                              input_size=size, device=device)
     elif weights is not None:
         raise ConfigError("--weights needs --arch file.py:ClassName (the architecture of "
                           "those weights)")
     elif model_path is None:
         raise ConfigError("give --model (a model file) or --arch file.py:Class --weights w.pt")
     elif getattr(args, "allow_code", False):
-        model = _bioimageio_with_code(model_path, getattr(args, "input_size", 256), device)
+        if not is_bioimageio_package(model_path):
+            raise ConfigError(f"--allow-code: '{model_path}' is not a bioimage.io package")
+        model = load_bioimageio_tapped(model_path, input_size=size, device=device)
     else:
         model = load_model_one_line(model_path, device)
     _override_meta(model, args)
     return model
-
-
-def _bioimageio_with_code(path: str, input_size: int, device: str) -> Any:
-    """A bioimage.io package built by running its architecture file (``--allow-code``)."""
-    from ..errors import CheckpointError
-
-    try:
-        from ..bioimageio.load import load_bioimageio_tapped
-    except ImportError:
-        raise CheckpointError("--allow-code: this napari-lmadda cannot read bioimage.io "
-                              "packages") from None
-    return load_bioimageio_tapped(path, input_size=input_size, device=device)
 
 
 def _override_meta(model: Any, args: argparse.Namespace) -> None:

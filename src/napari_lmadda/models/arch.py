@@ -22,6 +22,7 @@ Weights always load as data: ``torch.load(weights_only=True)``, with the one-lin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -48,6 +49,7 @@ __all__ = [
     "is_torchscript",
     "ScriptedModel",
     "arch_hint",
+    "load_bioimageio_tapped",
 ]
 
 CODE_FORMAT_VERSION = 3  # model files whose architecture is user code (see checkpoint.py)
@@ -220,6 +222,8 @@ def arch_hint(ref: Mapping[str, Any]) -> str:
     """The ``--arch [--arch-kwargs]`` options that rebuild a stored reference."""
     import json
 
+    if ref.get("kind") == "bioimageio":  # the package's own architecture file
+        return f"--arch {ref.get('source', '?')}"
     text = f"--arch {ref.get('source', '?')}:{ref.get('class', '?')}"
     if ref.get("kwargs"):
         text += f" --arch-kwargs '{json.dumps(ref['kwargs'])}'"
@@ -303,6 +307,87 @@ def _stored_config(path: str | os.PathLike) -> dict[str, Any]:
             and obj.get("format_version") == CODE_FORMAT_VERSION):
         return dict(arch)
     return {}
+
+
+# ------------------------------------------------------------------ bioimage.io packages
+def load_bioimageio_tapped(
+    path: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    input_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> TappedModel:
+    """A bioimage.io package's network, built by RUNNING its architecture file, tapped.
+
+    Only for a user who asked for that code to run (``--allow-code``, or the package given
+    as ``--arch``). Normalisation, stain units and channel names come from the package's
+    pre- and postprocessing and output axes (as for packages read without code); a
+    preprocessing other than napari-lmadda's percentile normalisation to [-1, 1] gives a
+    warning and the default percentiles (``--percentiles`` sets them).
+
+    Parameters
+    ----------
+    path : path-like
+        The package (zip, folder or ``rdf.yaml``).
+    weights : path, optional
+        Other weights for the same network: a project model file adapted from it, or a state
+        dict (default: the package's own).
+    input_size : int
+        Side of the example input that finds the taps.
+    device : str or torch.device
+        Where to put the model.
+    """
+    from ..bioimageio.load import (
+        _channel_names,
+        _input_percentiles,
+        _target_norm,
+        _weights_entry,
+        load_bioimageio_architecture,
+        read_bioimageio_package,
+    )
+    from ..data.normalize import DEFAULT_PERCENTILES
+    from ..devices import resolve_device
+    from .checkpoint import DEFAULT_META
+
+    net = load_bioimageio_architecture(path)
+    file_meta = None
+    if weights is not None:
+        sd, file_meta = read_weights(weights)
+        fit_weights(net, sd, weights)
+    model = TappedModel(net, input_size=input_size)
+    pkg = read_bioimageio_package(path)
+    try:
+        arch = (_weights_entry(pkg.rdf, "pytorch_state_dict") or {}).get("architecture") or {}
+        try:
+            pct = _input_percentiles(pkg)
+        except CheckpointError as exc:
+            warnings.warn(f"{exc}; napari-lmadda normalises the inputs with the percentiles "
+                          f"{DEFAULT_PERCENTILES} to [-1, 1] instead (set --percentiles)",
+                          stacklevel=2)
+            pct = list(DEFAULT_PERCENTILES)
+        norm = _target_norm(pkg, model.config.out_channels)
+        names = _channel_names(pkg)
+        name = pkg.name
+    finally:
+        pkg.close()
+    target = norm.to_meta()
+    if len(set(zip(norm.lo, norm.hi))) == 1:  # one range for all channels: the legacy form
+        target["target_range"] = [norm.lo[0], norm.hi[0]]
+    src = Path(path).expanduser().resolve()
+    ref = {"kind": "bioimageio", "source": str(src), "class": str(arch.get("callable", "?")),
+           "kwargs": dict(arch.get("kwargs") or {})}
+    if src.is_file():
+        ref["sha256"] = _sha256(src)
+    model.config = dataclasses.replace(model.config, arch=ref)
+    model.meta = {
+        **DEFAULT_META, "input_percentiles": pct, **target,
+        "channel_names": names if names and len(names) == model.config.out_channels else None,
+        "provenance": {"source": "bioimage.io package (its architecture file was run)",
+                       "file": src.name, "name": name},
+        **(file_meta or {}),
+    }
+    model.to(resolve_device(device) if isinstance(device, str) else device)
+    return model.eval()
 
 
 # ------------------------------------------------------------------ TorchScript
