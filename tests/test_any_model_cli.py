@@ -127,9 +127,8 @@ def test_plain_state_dict_with_options_and_refusals(ws, capsys, tmp_path):
 def test_bioimageio_package_with_architecture_code(ws, capsys, tmp_path):
     """A package whose network is not a pix2pix UNet: refused as data, adapted with
     --allow-code at a module name, the adapted file reloaded with --arch <package>."""
-    from test_bioimageio import _write_package
-
     from arch_zoo import CareUNet
+    from test_bioimageio import _write_package
 
     marker = tmp_path / "ran.txt"
     code = ((Path(__file__).parent / "arch_zoo.py").read_text()
