@@ -300,3 +300,29 @@ def test_several_input_channels(tmp_path):
     grey = _tapped(CareUNet)
     with pytest.raises(ConfigError, match="takes 1 input channel"):
         adapt(grey, src, tgt, method="lmadda", layers="enc.1", config=cfg)
+
+
+def test_bioimageio_export_ships_the_architecture_file(tmp_path):
+    """export-bioimageio of an --arch network: its file and state dict in the package; the
+    package refuses to load as data and rebuilds with the code when asked."""
+    pytest.importorskip("bioimageio.spec")
+    from napari_lmadda.bioimageio import export_bioimageio
+    from napari_lmadda.models.arch import load_bioimageio_tapped
+
+    torch.manual_seed(0)
+    model = load_arch(f"{ZOO}:CareUNet", kwargs={"out_channels": 2, "depth": 2, "ngf": 4},
+                      input_size=32, meta={"channel_names": ["DAPI", "CD29"],
+                                           "target_range": [-0.05, 1.05]})
+    path = export_bioimageio(model, tmp_path / "care.zip",
+                             sample=np.random.default_rng(0).random((64, 64)))
+    import zipfile
+
+    assert "arch_zoo.py" in zipfile.ZipFile(path).namelist()
+    with pytest.raises(CheckpointError, match="CareUNet network whose architecture is code"):
+        load_model(path)
+    again = load_bioimageio_tapped(path, input_size=32)
+    assert again.meta["channel_names"] == ["DAPI", "CD29"]
+    assert again.meta["input_percentiles"] == [1.0, 99.8]
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))

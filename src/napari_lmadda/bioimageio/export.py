@@ -165,9 +165,12 @@ def _describe(model: Any, names: list[str], norm: Any) -> tuple[str, list[str]]:
     meta = getattr(model, "meta", {}) or {}
     prov = dict(meta.get("provenance") or {})
     cfg = model.config
+    ref = getattr(cfg, "arch", None)
+    net = (f"{ref.get('class', 'a')} network ({Path(str(ref.get('source', ''))).name})"
+           if isinstance(ref, dict) else
+           f"pix2pix-style UNet ({cfg.num_downs} down blocks, ngf {cfg.ngf}, {cfg.norm} norm)")
     what = (f"Virtual staining: one grey label-free image (e.g. phase contrast) -> "
-            f"{', '.join(names)}. pix2pix-style UNet ({cfg.num_downs} down blocks, "
-            f"ngf {cfg.ngf}, {cfg.norm} norm) made with napari-lmadda.")
+            f"{', '.join(names)}. {net} made with napari-lmadda.")
     lines = []
     method = prov.get("method")
     if method:
@@ -202,7 +205,7 @@ def _describe(model: Any, names: list[str], norm: Any) -> tuple[str, list[str]]:
 
 
 def _readme(model: Any, names: list[str], norm: Any, prov_lines: list[str], sample_from: str,
-            docs_url: str, traced_only: bool) -> str:
+            docs_url: str, traced_only: bool, arch_file: str = "unet.py") -> str:
     meta = getattr(model, "meta", {}) or {}
     p_low, p_high = (float(v) for v in meta.get("input_percentiles", (1.0, 99.8)))
     val = (meta.get("provenance") or {}).get("validation_pearson")
@@ -217,8 +220,10 @@ def _readme(model: Any, names: list[str], norm: Any, prov_lines: list[str], samp
         validation = "No validation scores are stored with this model."
     weights = ("TorchScript only (the translator and the UNet traced as one network; the "
                "project's model file is attached for napari-lmadda)" if traced_only else
-               "TorchScript (traced in eval mode) and a PyTorch state dict with `unet.py`, "
-               "a self-contained architecture file (needs only torch)")
+               "TorchScript (traced in eval mode) and a PyTorch state dict with "
+               + ("`unet.py`, a self-contained architecture file (needs only torch)"
+                  if arch_file == "unet.py" else
+                  f"`{arch_file}`, the architecture file the model was built from"))
     return f"""# napari-lmadda model: {', '.join(names)} virtual stain
 
 Made with napari-lmadda ({docs_url}). Input: one grey plane, any size that is a multiple
@@ -348,6 +353,7 @@ def export_bioimageio(
     from ..data.normalize import TargetNorm
     from ..inference.predict import predict_image
     from ..models import unet as unet_module
+    from ..models.tapped import is_tapped
     from ..models.translated import TranslatedModel
 
     s = _require_spec()
@@ -372,6 +378,12 @@ def export_bioimageio(
     norm = TargetNorm.from_meta(meta, cout)
     p_low, p_high = (float(v) for v in meta.get("input_percentiles", (1.0, 99.8)))
     traced_only = isinstance(model, TranslatedModel)
+    # a network built from the user's architecture file ships that file (Python code)
+    arch_ref = cfg.arch if is_tapped(model) else None
+    if arch_ref is not None and arch_ref.get("kind") != "python":
+        raise ConfigError("a network built from a bioimage.io package's own architecture "
+                          "file is exported by that package's tools, not napari-lmadda")
+    arch_file = Path(arch_ref["source"]).name if arch_ref is not None else "unet.py"
     m = int(model.min_size)
 
     plane, sample_from = _sample_plane(sample)
@@ -411,22 +423,28 @@ def export_bioimageio(
                 source=tmp / "weights_torchscript.pt", pytorch_version=version,
                 comment="traced in eval mode by napari-lmadda (translator + UNet)"))
         else:
-            shutil.copyfile(unet_module.__file__, tmp / "unet.py")
+            net, callable_, kwargs = model, "UNetGenerator", cfg.to_dict()
+            if arch_ref is not None:  # the state dict of the network itself, not the wrapper
+                net, callable_, kwargs = model.net, arch_ref["class"], arch_ref["kwargs"]
+                header["tapped"] = True
+            shutil.copyfile(arch_ref["source"] if arch_ref is not None else unet_module.__file__,
+                            tmp / arch_file)
             torch.save({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-                        for k, v in model.state_dict().items()}, tmp / "weights_state_dict.pt")
+                        for k, v in net.state_dict().items()}, tmp / "weights_state_dict.pt")
             weights = s.WeightsDescr(
                 pytorch_state_dict=s.PytorchStateDictWeightsDescr(
                     source=tmp / "weights_state_dict.pt", pytorch_version=version,
                     architecture=s.ArchitectureFromFileDescr(
-                        source=tmp / "unet.py", callable=s.Identifier("UNetGenerator"),
-                        kwargs=cfg.to_dict())),
+                        source=tmp / arch_file, callable=s.Identifier(callable_),
+                        kwargs=_plain(kwargs))),
                 torchscript=s.TorchscriptWeightsDescr(
                     source=tmp / "weights_torchscript.pt", pytorch_version=version,
                     parent="pytorch_state_dict",
                     comment="traced in eval mode by napari-lmadda"),
             )
         (tmp / "README.md").write_text(
-            _readme(model, names, norm, prov_lines, sample_from, docs_url, traced_only),
+            _readme(model, names, norm, prov_lines, sample_from, docs_url, traced_only,
+                    arch_file),
             encoding="utf-8")
         size = s.ParameterizedSize(min=m, step=m)
         ref = {ax: s.SizeReference(tensor_id=s.TensorId("input"), axis_id=s.AxisId(ax))

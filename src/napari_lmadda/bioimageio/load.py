@@ -327,6 +327,11 @@ def _from_own_export(pkg: BioimageioPackage, header: dict[str, Any]) -> Any:
     from ..models.checkpoint import DEFAULT_META, _check_meta, load_model
     from ..models.unet import UNetConfig
 
+    if header.get("tapped"):  # a network built from an architecture file: that is code
+        arch = (_weights_entry(pkg.rdf, "pytorch_state_dict") or {}).get("architecture") or {}
+        raise CheckpointError(
+            f"'{pkg.path}' holds a {arch.get('callable', '?')} network whose architecture is "
+            "code (its file is in the package); give --allow-code to run it")
     model_file = header.get("model_file")
     if model_file:  # SCGAN: the project's own model file is attached
         entry = next((a for a in pkg.rdf.get("attachments") or []
