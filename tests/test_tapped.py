@@ -188,6 +188,10 @@ def test_model_file_refers_to_the_code_and_never_runs_it(tmp_path, monkeypatch):
     imported = set(sys.modules)
     with pytest.raises(CheckpointError, match=r"--arch .*arch_zoo.py:CareUNet --arch-kwargs"):
         load_model(tmp_path / "m.pt")
+    from napari_lmadda.models.arch import stored_arch
+
+    header = stored_arch(tmp_path / "m.pt")  # what a GUI shows before asking to run code
+    assert header["arch"]["class"] == "CareUNet" and header["input_size"] == 32
     assert not any(m.startswith("_lmadda_arch") for m in set(sys.modules) - imported)
     again = load_arch(f"{ZOO}:CareUNet", weights=tmp_path / "m.pt")
     assert again.meta["channel_names"] == ["DAPI", "CD29"]
@@ -247,6 +251,8 @@ def test_torchscript_predicts_but_is_refused_for_adaptation(tmp_path, domains):
     src, tgt = domains
     with pytest.raises(ConfigError, match="cannot be adapted"):
         adapt(model, src, tgt, method="lmadda", layers="3", config=AdaptConfig(steps=1))
+    with pytest.raises(ConfigError, match="cannot be adapted"):
+        list_taps(model)
 
 
 def test_project_unet_keeps_its_numbering_and_gets_names():

@@ -49,6 +49,7 @@ __all__ = [
     "is_torchscript",
     "ScriptedModel",
     "arch_hint",
+    "stored_arch",
     "load_bioimageio_tapped",
 ]
 
@@ -274,7 +275,7 @@ def load_arch(
     sd = None
     if weights is not None:
         sd, file_meta = read_weights(weights)
-        stored = _stored_config(weights) if file_meta is not None else {}
+        stored = stored_arch(weights) if file_meta is not None else {}
     ref_kwargs = dict(kwargs) if kwargs is not None else dict(
         (stored.get("arch") or {}).get("kwargs") or {})
     old_ref = stored.get("arch") or {}
@@ -297,8 +298,13 @@ def load_arch(
     return model.eval()
 
 
-def _stored_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``arch`` header of a project model file made from architecture code ({} if none)."""
+def stored_arch(path: str | os.PathLike) -> dict[str, Any]:
+    """The header of a project model file made from architecture code ({} for other files).
+
+    Read as data (nothing runs): ``in_channels``, ``out_channels``, ``input_size`` and the
+    reference ``arch`` (``kind``, ``source``, ``class``, ``kwargs``, ``sha256``) that
+    :func:`arch_hint` turns into the options to give, e.g. to prefill a GUI's form.
+    """
     from .checkpoint import _torch_load
 
     obj = _torch_load(Path(path).expanduser())
@@ -458,6 +464,10 @@ class ScriptedModel(nn.Module):
             f"'{self._path}' is a TorchScript model: it can predict, but cannot be adapted "
             "(hooks cannot be attached to its layers); give its Python architecture with "
             "--arch file.py:Class --weights w.pt")
+
+    def describe_layers(self, input_size: Any = 256) -> list:
+        """Refused: a scripted network has no taps (see :attr:`num_layers`)."""
+        return self.num_layers  # raises
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.net(x)
