@@ -60,7 +60,7 @@ from napari_lmadda.models.tapped import TappedModel  # noqa: E402
 
 #: architecture name -> (class in tests/arch_zoo.py, keyword arguments, taps early/mid/late)
 ARCHS = {
-    "care": ("CareUNet", {"out_channels": 2, "depth": 3, "ngf": 16},
+    "care": ("CareUNet", {"out_channels": 2, "depth": 3, "ngf": 8},
              {"early": "enc.0", "middle": "bottom", "late": "dec.2"}),
     "resunet": ("ResUNet", {"out_channels": 2, "depth": 3, "ngf": 8},
                 {"early": "enc.0", "middle": "enc.3", "late": "dec.2"}),
