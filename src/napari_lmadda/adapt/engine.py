@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "lmadda-multi": "napari_lmadda.adapt.lmadda_multi",
     "scgan": "napari_lmadda.adapt.scgan",
     "apma": "napari_lmadda.adapt.apma",
+    "auto": "napari_lmadda.adapt.auto",
 }
 
 
