@@ -53,9 +53,17 @@ CASES = {
 }
 
 
+def case_kwargs(case: str) -> dict:
+    """``make_domain`` keywords of a case; ``name@magnitude`` (``defocus@3``) sets the strength."""
+    name, _, mag = case.partition("@")
+    if name not in CASES:
+        raise SystemExit(f"unknown case {case!r}: one of {', '.join(CASES)} (or name@magnitude)")
+    return {**CASES[name], **({"magnitude": float(mag)} if mag else {})}
+
+
 def domains(case: str) -> tuple[np.ndarray, np.ndarray, EvalSet]:
     """Unlabeled source and target fields and the labelled test set (quality.py's seeds)."""
-    kw = CASES[case]
+    kw = case_kwargs(case)
     source = make_domain(N_UNLABELED, modality="phase", size=256, seed=11)["input"]
     target = make_domain(N_UNLABELED, size=256, seed=12, **kw)["input"]
     test = make_domain(N_TEST, size=256, seed=13, **kw)
@@ -98,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     source, target, ev = domains(args.case)
     plan = [(m, None) for m in args.methods.split(",") if m]
     plan += [("lmadda", int(v)) for v in args.layers.split(",") if v]
+    case_kwargs(args.case)  # a bad case name fails before any work
     for method, layer in plan:
         key = (args.case, method, layer, args.seed, args.steps)
         if key in done_keys(path):
@@ -142,7 +151,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the candidates of one case and seed")
-    r.add_argument("--case", choices=list(CASES), required=True)
+    r.add_argument("--case", required=True,
+                   help=f"one of {', '.join(CASES)}, or name@magnitude (defocus@3)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--layers", default="2,4,10")
     r.add_argument("--methods", default="none,adabn")

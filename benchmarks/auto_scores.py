@@ -21,23 +21,23 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from auto_grid import OUT, domains, truth_of
-from napari_lmadda.adapt.sampling import fixed_batch, make_sampler
-from napari_lmadda.adapt.scoring import FixedProbe
+from napari_lmadda.adapt.scoring import FixedProbe, image_patches
 from napari_lmadda.jsonsafe import json_safe
 from napari_lmadda.models import load_model
 
-N_PROBE, PATCH = 32, 128
+N_PROBE, PATCH = 128, 128
+LATE = (9, 10, 11, 12)
 
 
 def probe_patches(source, target, seed: int):
-    """Fixed patches: source, target, and a second source set for the noise floor."""
-    s = make_sampler(source, PATCH, N_PROBE, seed=0, role="source")
-    t = make_sampler(target, PATCH, N_PROBE, seed=0, role="target")
-    return (fixed_batch(s, N_PROBE, 10_000 + seed), fixed_batch(t, N_PROBE, 20_000 + seed),
-            fixed_batch(s, N_PROBE, 30_000 + seed))
+    """Fixed patches as auto draws them (source, target), and a second source set (floor)."""
+    return (image_patches(source, N_PROBE, PATCH, 10_000 + seed)[0],
+            image_patches(target, N_PROBE, PATCH, 20_000 + seed)[0],
+            image_patches(source, N_PROBE, PATCH, 30_000 + seed)[0])
 
 
 def main() -> None:
@@ -55,6 +55,8 @@ def main() -> None:
         done = {(r["case"], r["seed"], r["method"], r["layer"], r["steps"], r["step"])
                 for r in map(json.loads, args.out.read_text().splitlines())}
     runs = [json.loads(line) for line in args.grid.read_text().splitlines()]
+    # the one-checkpoint baselines first: they are quick and decide about AdaBN
+    runs.sort(key=lambda r: r["method"] == "lmadda")
     only = {c for c in args.cases.split(",") if c}
     probes: dict[tuple, FixedProbe] = {}
     net = load_model(args.model)
@@ -65,10 +67,11 @@ def main() -> None:
         if key not in probes:
             source, target, _ = domains(r["case"])
             ps, pt, ps2 = probe_patches(source, target, r["seed"])
-            probes[key] = FixedProbe.build(model, ps, pt)
+            # late layers only: the per-layer distances of every layer ranked worse (n32 run)
+            probes[key] = FixedProbe.build(model, ps, pt, layers=LATE)
             floor_key = (r["case"], r["seed"], "floor", None, 0, 0)
             if floor_key not in done:
-                floor = FixedProbe.build(model, ps, ps2).scores(model)
+                floor = FixedProbe.build(model, ps, ps2, layers=LATE).scores(model)
                 with args.out.open("a") as fh:
                     fh.write(json.dumps(json_safe({
                         "case": r["case"], "seed": r["seed"], "method": "floor", "layer": None,
@@ -84,7 +87,11 @@ def main() -> None:
                 continue
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             t0 = time.perf_counter()
-            sc = probe.scores(net)
+            kept: dict = {}
+            sc = probe.scores(net, keep=kept)
+            # the predictions on the probe's target patches, for comparisons across candidates
+            np.save(path.with_name(f"{path.stem}_pred.npy"),
+                    kept["target"].numpy().astype(np.float16))
             row = {"case": r["case"], "seed": r["seed"], "method": r["method"],
                    "layer": r["layer"], "steps": r["steps"], "step": h["step"],
                    "kept": h["step"] == r["best_step"], "scores": sc,

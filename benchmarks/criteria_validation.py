@@ -62,7 +62,33 @@ def scores_of(h: dict) -> dict[str, float]:
     if "out_w2" in out and "source_drift" in out:
         out["out_w2+drift"] = out["out_w2"] + out["source_drift"]
         out["out_w2+2drift"] = out["out_w2"] + 2 * out["source_drift"]
+    # fixed sets of layers (auto_scores.py rows carry every layer)
+    for kind in ("w2", "fd"):
+        per = {int(k.split("_L")[1]): v for k, v in out.items() if k.startswith(f"{kind}_L")}
+        if per:
+            n = max(per)
+            out[f"late_{kind}"] = float(np.mean([per[k] for k in per if k >= n - 2]))
+            out[f"all_{kind}"] = float(np.mean(list(per.values())))
     return out
+
+
+def load_scores(path: Path, methods: set[str] | None = None) -> list[dict]:
+    """Runs from ``auto_scores.py``'s per-checkpoint rows (floor rows skipped)."""
+    runs: dict[tuple, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if r["method"] == "floor" or (methods and r["method"] not in methods):
+            continue
+        truth = r.get("truth", {}).get("monitor_pearson")
+        if truth is None:
+            continue
+        key = (r["case"], r["method"], r["layer"], r["seed"], f"{r['steps']} steps")
+        run = runs.setdefault(key, {"case": r["case"], "tag": "", "method": r["method"],
+                                    "layer": r["layer"], "seed": r["seed"], "history": []})
+        run["history"].append({"step": r["step"], **r["scores"], "monitor_pearson": truth})
+    for run in runs.values():
+        run["history"].sort(key=lambda h: h["step"])
+    return list(runs.values())
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -91,7 +117,7 @@ def load_runs(paths: list[Path], methods: set[str] | None = None) -> list[dict]:
                 continue
             seen.add(key)
             hist = [h for h in r.get("history", []) if _truth(h) is not None]
-            if len(hist) < 2:
+            if not hist:
                 continue
             runs.append({"case": case, "tag": r.get("tag", ""), "method": r["method"],
                          "layer": r.get("layer"), "seed": r["seed"], "history": hist})
@@ -107,6 +133,8 @@ def within_run(runs: list[dict]) -> list[dict]:
     rows = []
     for run in runs:
         hist = run["history"]
+        if len(hist) < 2:
+            continue
         truth = [_truth(h) for h in hist]
         best = max(truth)
         per = [scores_of(h) for h in hist]
@@ -214,13 +242,18 @@ def report(w: list[dict], a: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, action="append", required=True,
+    p.add_argument("--runs", type=Path, action="append", default=[],
                    help="a runs.jsonl with histories (repeatable)")
+    p.add_argument("--scores", type=Path, default=None,
+                   help="scores.jsonl of benchmarks/auto_scores.py (every checkpoint scored)")
     p.add_argument("--methods", default="",
                    help="only runs of these methods, e.g. lmadda (default: all)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
-    runs = load_runs(args.runs, {m for m in args.methods.split(",") if m} or None)
+    methods = {m for m in args.methods.split(",") if m} or None
+    runs = load_runs(args.runs, methods) if args.runs else []
+    if args.scores is not None:
+        runs += load_scores(args.scores, methods)
     w, a = within_run(runs), across_runs(runs)
     text = report(w, a)
     print(text)
