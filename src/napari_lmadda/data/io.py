@@ -28,6 +28,11 @@ Shape conventions
     plane, +Inf by their maximum, -Inf by their minimum; 0 when no pixel is finite) with an
     :class:`ImageWarning` naming the file.
 
+Memory is decided before decoding: a file's header declares its pixels, and a file that would
+need more than :func:`~napari_lmadda.memory.memory_budget` to read (a decompression bomb: a few
+MB declaring 40000x40000 pixels) is refused with one line naming it, like a damaged file. A TIFF
+with more than :data:`MAX_PAGES` pages is refused after counting its pages (no page is parsed).
+
 Every problem with a file is raised as :class:`~napari_lmadda.errors.ImageReadError` naming the
 file; writing problems as :class:`~napari_lmadda.errors.OutputExistsError` or
 :class:`~napari_lmadda.errors.OutputWriteError`.
@@ -41,6 +46,7 @@ import math
 import os
 import re
 import secrets
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +64,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "MAX_PAGES",
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "ImageWarning",
@@ -67,6 +74,8 @@ __all__ = [
     "file_stem",
     "read_image",
     "probe_image",
+    "count_tiff_pages",
+    "check_memory",
     "read_planes",
     "read_plane",
     "sanitize_plane",
@@ -79,6 +88,13 @@ TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
 #: File suffixes read as images (compared lower-case).
 IMAGE_SUFFIXES: frozenset[str] = TIFF_SUFFIXES | {".png", ".jpg", ".jpeg"}
 _SUFFIX_TEXT = ", ".join(sorted(IMAGE_SUFFIXES))
+
+#: TIFFs with more pages than this are refused (``LMADDA_MAX_PAGES`` changes it): counting
+#: pages is cheap, but indexing and decoding 100,000 tiny pages takes minutes.
+MAX_PAGES: int = int(os.environ.get("LMADDA_MAX_PAGES", "") or 10_000)
+# Above this many pages tifffile's per-series scan of "shaped" files is quadratic (2000
+# one-page series: 2 s; 10,000: 32 s); such files are indexed as generic page stacks.
+_SHAPED_SERIES_PAGES = 512
 
 # ITU-R BT.709 luma weights (the ones scikit-image's rgb2gray uses)
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
@@ -215,6 +231,11 @@ class SeriesInfo:
         Planes each page gives to :func:`read_planes`.
     page_readable : bool
         Pages can be decoded one at a time (else the whole series is decoded).
+    itemsize : int
+        Bytes per stored sample.
+    chunk_shape : tuple of int or None
+        Shape of the smallest unit the decoder works on (a TIFF tile or strip); None when
+        the whole image is decoded at once (PNG, JPEG).
     """
 
     index: int
@@ -225,6 +246,8 @@ class SeriesInfo:
     n_pages: int
     planes_per_page: int
     page_readable: bool
+    itemsize: int = 4
+    chunk_shape: tuple[int, ...] | None = None
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -235,6 +258,29 @@ class SeriesInfo:
     def n_planes(self) -> int:
         """Number of planes the series gives to :func:`read_planes`."""
         return self.n_pages * self.planes_per_page
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the whole series as decoded (its declared shape and dtype)."""
+        return math.prod(self.shape) * self.itemsize
+
+    @property
+    def page_bytes(self) -> int:
+        """Bytes of one decoded page (one plane and its colour samples)."""
+        return self.stored_bytes // max(1, self.n_pages)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes the decoder produces at once for a region read (a tile or strip)."""
+        if self.chunk_shape is None:
+            return self.stored_bytes
+        return math.prod(self.chunk_shape) * self.itemsize
+
+    def plane_bytes(self, as_grey: bool = True) -> int:
+        """Bytes to turn one page into its float32 planes (with the luma temporaries)."""
+        h, w = self.plane_shape
+        extra = h * w * 3 * 8 if self.colour and as_grey else 0  # float64 RGB for the luma
+        return self.planes_per_page * h * w * 4 + extra
 
 
 @dataclass(frozen=True)
@@ -269,6 +315,25 @@ class ImageInfo:
         """Return ``(H, W)`` of plane ``index``."""
         series, _ = self.locate(index)
         return series.plane_shape
+
+    def read_bytes(self) -> int:
+        """Memory :func:`read_planes` needs: the largest decoded series + every float32 plane."""
+        return max(s.stored_bytes for s in self.series) + sum(
+            s.n_pages * s.plane_bytes(self.as_grey) for s in self.series)
+
+    def plane_read_bytes(self, index: int | None = None) -> int:
+        """Memory :func:`read_plane` needs for plane ``index`` (the largest plane if None)."""
+        def need(s: SeriesInfo) -> int:
+            decoded = s.page_bytes if s.page_readable else s.stored_bytes
+            return decoded + s.plane_bytes(self.as_grey)
+
+        if index is None:
+            return max(need(s) for s in self.series)
+        return need(self.locate(index)[0])
+
+    def describe(self) -> str:
+        """``"40000x40000 uint16"``: the declared shape and pixel type (first series)."""
+        return f"{'x'.join(map(str, self.shape))} {self.dtype}"
 
     def locate(self, index: int) -> tuple[SeriesInfo, int]:
         """Return the series holding plane ``index`` and the plane's index inside it."""
@@ -354,6 +419,10 @@ def _series_info(tif: Any, index: int, as_grey: bool, file_size: int, path: Path
         raise
     except Exception:  # best effort check; decoding will tell anyway
         pass
+    try:
+        chunk_shape = tuple(int(n) for n in page.chunks)
+    except Exception:  # best effort: region reads then count the whole page
+        chunk_shape = None
     return SeriesInfo(
         index=index,
         shape=shape,
@@ -363,6 +432,8 @@ def _series_info(tif: Any, index: int, as_grey: bool, file_size: int, path: Path
         n_pages=n_pages,
         planes_per_page=_planes_per_page(colour, channels, as_grey),
         page_readable=page_readable,
+        itemsize=int(np.dtype(series.dtype).itemsize),
+        chunk_shape=chunk_shape,
     )
 
 
@@ -392,11 +463,70 @@ class _TiffLog(logging.Handler):
         return None
 
 
+def count_tiff_pages(path: str | os.PathLike[str], limit: int | None = None) -> int:
+    """Count the pages of a TIFF by walking its IFD chain (no page is parsed or decoded).
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF or BigTIFF file.
+    limit : int, optional
+        Stop counting after ``limit + 1`` pages (enough to know there are too many).
+
+    Returns
+    -------
+    int
+        Pages found (0 when the file is not a TIFF: the TIFF reader then says why). A loop
+        in the chain or an offset past the end of the file ends the count.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 8:
+                return 0
+            version = struct.unpack(order + "H", head[2:4])[0]
+            if version == 42:
+                offset = struct.unpack(order + "I", head[4:8])[0]
+                count_fmt, entry, next_fmt = "H", 12, "I"
+            elif version == 43 and len(head) >= 16:
+                offset = struct.unpack(order + "Q", head[8:16])[0]
+                count_fmt, entry, next_fmt = "Q", 20, "Q"
+            else:
+                return 0
+            count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
+            seen: set[int] = set()
+            n = 0
+            while offset and offset not in seen and offset + count_size <= size:
+                if limit is not None and n > limit:
+                    break
+                seen.add(offset)
+                fh.seek(offset)
+                (ntags,) = struct.unpack(order + count_fmt, fh.read(count_size))
+                fh.seek(offset + count_size + ntags * entry)
+                raw = fh.read(next_size)
+                n += 1
+                if len(raw) < next_size:
+                    break
+                (offset,) = struct.unpack(order + next_fmt, raw)
+            return n
+    except (OSError, struct.error):
+        return 0
+
+
 def _open_tiff(path: Path) -> Any:
     import tifffile
 
+    pages = count_tiff_pages(path, MAX_PAGES)
+    if pages > MAX_PAGES:
+        raise ImageReadError(
+            f"'{path}' holds more than {MAX_PAGES} pages; refused before reading them "
+            "(set LMADDA_MAX_PAGES to allow more)"
+        )
+    flags = {"is_shaped": False} if pages > _SHAPED_SERIES_PAGES else {}
     try:
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path, **flags)
     except Exception as exc:  # tifffile raises many kinds (TiffFileError, ValueError, ...)
         raise ImageReadError(f"'{path}' is not a readable TIFF file ({_why(exc)})") from exc
     try:
@@ -503,6 +633,7 @@ def _probe_pil(path: Path, as_grey: bool) -> ImageInfo:
         n_pages=1,
         planes_per_page=_planes_per_page(colour, channels, as_grey),
         page_readable=False,
+        itemsize=int(np.dtype(dtype).itemsize),
     )
     return ImageInfo(
         path=path, shape=shape, axes=axes, dtype=dtype, series=(series,), as_grey=as_grey
@@ -555,6 +686,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         info = probe_image(path)  # checks truncation and support before decoding
+        check_memory(info, info.series[0].stored_bytes)
         tif = _open_tiff(path)
         with tif:
             try:
@@ -562,8 +694,39 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             except Exception as exc:
                 raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
     if suffix in IMAGE_SUFFIXES:
+        info = probe_image(path)
+        check_memory(info, info.series[0].stored_bytes)
         return _decode_pil(path)
     raise ImageReadError(f"'{path}' has an unsupported suffix (supported: {_SUFFIX_TEXT})")
+
+
+def check_memory(info: ImageInfo, need: int, what: str = "read") -> None:
+    """Refuse work on a file that would need more than the memory budget (from its header).
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header (:func:`probe_image`).
+    need : int
+        Bytes the work would allocate (e.g. :meth:`ImageInfo.read_bytes`).
+    what : str
+        The work, for the message (``"read"``, ``"predict"``, ...).
+
+    Raises
+    ------
+    ImageReadError
+        ``need`` exceeds :func:`~napari_lmadda.memory.memory_budget`; one line naming the
+        file, its declared size and both amounts.
+    """
+    from ..memory import fmt_bytes, memory_budget
+
+    budget = memory_budget()
+    if need > budget:
+        raise ImageReadError(
+            f"'{info.path}' is too large to {what} in the memory available: its header "
+            f"declares {info.describe()} pixels, which need {fmt_bytes(need)}, more than the "
+            f"{fmt_bytes(budget)} one image may use here (LMADDA_MEMORY_BUDGET)"
+        )
 
 
 def _to_pages(arr: np.ndarray, axes: str) -> np.ndarray:
@@ -699,6 +862,7 @@ def read_plane(
     if info is None or info.as_grey != as_grey:
         info = probe_image(path, as_grey=as_grey)
     series, local = info.locate(index)
+    check_memory(info, info.plane_read_bytes(index))
     page_index, within = divmod(local, series.planes_per_page)
     if path.suffix.lower() in TIFF_SUFFIXES:
         tif = _open_tiff(path)
@@ -740,6 +904,7 @@ def read_planes(
     """
     path = Path(path)
     info = probe_image(path, as_grey=as_grey)
+    check_memory(info, info.read_bytes())
     planes: list[np.ndarray] = []
     if path.suffix.lower() in TIFF_SUFFIXES:
         tif = _open_tiff(path)

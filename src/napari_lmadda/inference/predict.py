@@ -30,6 +30,8 @@ __all__ = [
     "output_path",
     "output_paths",
     "output_to_stain",
+    "target_norm",
+    "prediction_bytes",
     "FolderReport",
     "tile_starts",
     "blend_window",
@@ -153,10 +155,39 @@ def autocast(device, amp: str = "off"):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def target_norm(model: Any):
+    """The model's :class:`~napari_lmadda.data.normalize.TargetNorm` (how outputs map to stains).
+
+    Raises
+    ------
+    ConfigError
+        The model's metadata holds no valid target range for its output channels.
+    """
+    from ..data.normalize import TargetNorm
+
+    cout = int(model.config.out_channels)
+    return TargetNorm.from_meta(getattr(model, "meta", {}) or {}, cout)
+
+
 def output_to_stain(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Map the network's tanh output [-1, 1] to stain units (``meta['target_range']``)."""
-    lo, hi = meta.get("target_range", (0.0, 1.0))
-    return (lo + (np.asarray(y, np.float32) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
+    """Map the network's tanh output ``(C, ...)`` in [-1, 1] to stain units (the model's meta)."""
+    from ..data.normalize import TargetNorm
+
+    y = np.asarray(y, np.float32)
+    channels = y.shape[0] if y.ndim >= 3 else 1
+    arr = y if y.ndim >= 3 else y[None]
+    out = TargetNorm.from_meta(meta, channels).decode(arr, axis=0)
+    return out if y.ndim >= 3 else out[0]
+
+
+def prediction_bytes(shape: tuple[int, int], channels: int, min_size: int = 1) -> int:
+    """Memory :func:`predict_image` needs for an ``(H, W)`` image: input copy, padding, output.
+
+    The float32 normalised input, its padded copy, the ``(C, H, W)`` accumulator and the
+    weight map (all padded to a multiple of ``min_size``).
+    """
+    h, w = (-(-int(n) // min_size) * min_size for n in shape)
+    return 4 * (int(shape[0]) * int(shape[1]) + h * w * (2 + int(channels)))
 
 
 def predict_image(
@@ -203,15 +234,32 @@ def predict_image(
     import torch
 
     from ..data.normalize import percentile_normalize
+    from ..devices import resolve_device
+    from ..memory import fmt_bytes, memory_budget
 
     img = np.asarray(image)
     if img.ndim != 2 or img.size == 0:
         raise ConfigError(f"predict_image takes a 2-D (H, W) image, got shape {img.shape}")
+    if img.dtype.kind not in "biuf":
+        raise ConfigError(f"cannot predict an image of dtype {img.dtype}")
     if tile < 1 or overlap < 0 or batch_size < 1:
         raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
     if amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     _check_grey_model(model)
+    cout = model.config.out_channels
+    need, budget = prediction_bytes(img.shape, cout, model.min_size), memory_budget()
+    if need > budget:
+        h, w = img.shape
+        raise ConfigError(
+            f"predicting a {h}x{w} image needs {fmt_bytes(need)} of memory, more than the "
+            f"{fmt_bytes(budget)} available for one image (LMADDA_MEMORY_BUDGET): use "
+            "napari_lmadda.inference.predict_dask.predict_lazy (chunked, e.g. into Zarr) or "
+            "lmadda predict --format ome-zarr"
+        )
+    norm_out = target_norm(model) if to_stain else None
+    # a device string as the user typed it: one clear message for cuda:3 on a 1-GPU machine
+    dev = resolve_device(device) if device else next(model.parameters()).device
     meta = getattr(model, "meta", {}) or {}
     if normalize:
         p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
@@ -224,10 +272,8 @@ def predict_image(
     ph, pw, th, tw = grid.padded_height, grid.padded_width, grid.tile_height, grid.tile_width
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=grid.pad_mode)
-    dev = torch.device(device) if device else next(model.parameters()).device
     modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
-    cout = model.config.out_channels
     acc = np.zeros((cout, ph, pw), np.float32)
     wsum = np.zeros((ph, pw), np.float32)
     win = grid.window()
@@ -250,13 +296,13 @@ def predict_image(
     y = acc[:, :h, :w]
     y /= wsum[None, :h, :w]
     del wsum
-    if to_stain:
-        lo, hi = meta.get("target_range", (0.0, 1.0))
-        y += 1.0  # the operations of output_to_stain, in place
-        y *= 0.5
-        y *= hi - lo
-        y += lo
-    return np.ascontiguousarray(y)
+    y = np.ascontiguousarray(y)
+    if norm_out is not None:
+        # TargetNorm.decode in bands of rows: its float64 temporaries stay small
+        band = max(1, (1 << 20) // max(1, w))
+        for r in range(0, h, band):
+            y[:, r : r + band] = norm_out.decode(y[:, r : r + band], axis=0)
+    return y
 
 
 def _check_grey_model(model) -> None:

@@ -35,6 +35,7 @@ import torch
 
 from .. import __version__
 from ..errors import CheckpointError, ConfigError, LmaddaError
+from ..memory import fmt_bytes, memory_budget
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
 from .translated import TranslatedModel, Translator, TranslatorConfig
 from .unet import UNetConfig, UNetGenerator
@@ -218,6 +219,35 @@ def _refused(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
+#: A genuine model's pickle (names, shapes, metadata) is kilobytes; its weights are separate
+#: zip entries. A larger pickle is a decompression bomb for the unpickler.
+MAX_PICKLE_BYTES = 64 * 2**20
+
+
+def _check_zip_sizes(path: Path, size: int, entries: list[zipfile.ZipInfo]) -> None:
+    """Refuse a zip whose entries would inflate beyond memory, from its zip directory alone.
+
+    ``torch.load`` inflates every entry in memory (the pickle first); the sizes the zip
+    directory declares are what it will allocate.
+    """
+    total = sum(int(e.file_size) for e in entries)
+    pickle_size = max((int(e.file_size) for e in entries if e.filename.endswith("data.pkl")),
+                      default=0)
+    budget = memory_budget()
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"refused to load '{path}': its pickle inflates to {fmt_bytes(pickle_size)} "
+            f"(from a {fmt_bytes(size)} file); a model's pickle is a few kB, its weights are "
+            "stored beside it"
+        )
+    if total > budget:
+        raise CheckpointError(
+            f"refused to load '{path}': its zip entries inflate to {fmt_bytes(total)} (from a "
+            f"{fmt_bytes(size)} file), more than the {fmt_bytes(budget)} of memory a model may "
+            "use here (LMADDA_MEMORY_BUDGET)"
+        )
+
+
 def _torch_load(path: Path) -> Any:
     """Run ``torch.load(weights_only=True)`` with one-line errors saying what the file is."""
     if not path.exists():
@@ -235,7 +265,8 @@ def _torch_load(path: Path) -> Any:
     if head.startswith(_ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
+                entries = zf.infolist()
+                names = [e.filename for e in entries]
         except Exception:  # BadZipFile, EOFError, NotImplementedError (odd versions), ...
             raise CheckpointError(
                 f"'{path}' is a truncated or damaged PyTorch file ({size} bytes; its zip "
@@ -246,6 +277,12 @@ def _torch_load(path: Path) -> Any:
                 f"'{path}' is a zip archive but not a PyTorch model file (no data.pkl among "
                 f"its {len(names)} entries)"
             )
+        _check_zip_sizes(path, size, entries)
+    elif size > memory_budget():
+        raise CheckpointError(
+            f"'{path}' is {fmt_bytes(size)}, more than the {fmt_bytes(memory_budget())} of "
+            "memory a model may use here (LMADDA_MEMORY_BUDGET)"
+        )
     elif not head.startswith(_LEGACY_MAGIC):
         if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             raise CheckpointError(

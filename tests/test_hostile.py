@@ -1,0 +1,304 @@
+"""Hostile and careless inputs (issue 14): memory decided before decoding, no tracebacks.
+
+Each test here failed on the code before the fix. Memory is tested by what is decoded or
+allocated (spies on the decoders, an address-space limit in a child process), never by time.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_lmadda.data import io as lio
+from napari_lmadda.errors import ImageReadError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def bomb_tiff(path: Path, side: int, tile: int = 512) -> Path:
+    """A zlib-tiled uint16 TIFF declaring ``side`` x ``side`` zeros: a few kB on disk."""
+    encoded = zlib.compress(np.zeros((tile, tile), np.uint16).tobytes(), 9)
+    n = (-(-side // tile)) ** 2
+    tifffile.imwrite(path, iter([encoded] * n), shape=(side, side), dtype="uint16",
+                     tile=(tile, tile), compression="zlib")
+    return path
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Count every pixel decode tifffile is asked for (page, series or file)."""
+    calls: list[str] = []
+    for owner, name in ((tifffile.TiffPage, "asarray"), (tifffile.TiffPageSeries, "asarray"),
+                        (tifffile.TiffFile, "asarray"), (tifffile.TiffPage, "decode")):
+        real = getattr(owner, name)
+
+        def spy(*args, _real=real, _name=f"{owner.__name__}.{name}", **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    monkeypatch.setenv("LMADDA_MEMORY_BUDGET", "64M")
+
+
+def good_folder(folder: Path, n: int = 3, size: int = 64) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        tifffile.imwrite(folder / f"img{i}.tif", rng.integers(0, 4000, (size, size), np.uint16))
+    return folder
+
+
+# ------------------------------------------------------------------ 1. decompression bombs
+def test_a_bomb_is_refused_from_its_header_before_any_pixel_is_decoded(
+        tmp_path, small_budget, decodes):
+    bomb = bomb_tiff(tmp_path / "bomb.tif", 8192)  # 128 MiB of uint16, 256 MiB as float32
+    assert bomb.stat().st_size < 300_000
+    for read in (lio.read_planes, lio.read_image, lambda p: lio.read_plane(p, 0)):
+        with pytest.raises(ImageReadError) as err:
+            read(bomb)
+        msg = str(err.value)
+        assert "bomb.tif" in msg and "8192x8192" in msg and "memory" in msg
+        assert "\n" not in msg
+    assert decodes == []
+
+
+def test_budget_follows_the_environment_and_the_address_space_limit(monkeypatch):
+    from napari_lmadda import memory
+
+    monkeypatch.setenv("LMADDA_MEMORY_BUDGET", "3G")
+    assert memory.memory_budget() == 3 * 2**30
+    monkeypatch.delenv("LMADDA_MEMORY_BUDGET")
+    assert memory.memory_budget() <= memory.BUDGET_FRACTION * memory.available_memory() + 1
+    assert memory.parse_bytes("512M") == 512 * 2**20
+    with pytest.raises(ValueError):
+        memory.parse_bytes("lots")
+
+
+def test_napari_reader_skips_a_bomb_among_good_files(tmp_path, small_budget, monkeypatch,
+                                                     decodes):
+    import napari_lmadda._reader as reader
+
+    folder = good_folder(tmp_path / "imgs")
+    bomb_tiff(folder / "bomb.tif", 8192)
+    shown: list[tuple[str, str]] = []
+    monkeypatch.setattr(reader, "_notify", lambda kind, msg: shown.append((kind, msg)))
+    layers = reader.read_folder(str(folder))
+    assert len(layers) == 1 and layers[0][0].shape == (3, 64, 64)
+    assert any(kind == "warning" and "bomb.tif" in msg and "memory" in msg
+               for kind, msg in shown)
+    assert all("bomb" not in c for c in decodes)  # only the good files were decoded
+
+
+def _child(code: str, limit_gib: float, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a child Python under an address-space limit (``ulimit -v``)."""
+    limit = int(limit_gib * 2**30)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env.pop("LMADDA_MEMORY_BUDGET", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                          preexec_fn=cap, capture_output=True, text=True, timeout=600)
+
+
+def test_the_real_40000_pixel_bomb_is_skipped_under_a_1_5_gib_address_space_limit(tmp_path):
+    """The issue's file: 3 MB declaring 40000x40000 uint16 (3 GiB, 6 GiB as float32)."""
+    folder = good_folder(tmp_path / "imgs")
+    bomb_tiff(folder / "bomb.tif", 40000, tile=1024)
+    r = _child("""
+        import sys
+        from napari_lmadda.data.groups import read_image_groups
+        groups, skipped = read_image_groups(sys.argv[1])
+        print(len(groups[0].planes), "|".join(skipped))
+    """, 1.5, str(folder))
+    assert r.returncode == 0, r.stderr[-2000:]
+    n, skipped = r.stdout.strip().split(" ", 1)
+    assert n == "3" and "bomb.tif" in skipped and "40000x40000" in skipped
+
+
+def test_adapt_skips_a_bomb_among_good_files_and_never_names_a_tile_option(
+        tmp_path, tiny_model_path, small_budget, capsys):
+    from napari_lmadda.cli import main
+
+    src = good_folder(tmp_path / "src")
+    tgt = good_folder(tmp_path / "tgt")
+    bomb_tiff(tgt / "bomb.tif", 8192)
+    code = main(["adapt", "--model", str(tiny_model_path), "--source", str(src),
+                 "--target", str(tgt), "--method", "lmadda", "--layer", "2", "--steps", "2",
+                 "--eval-every", "1", "--batch", "2", "--patch", "32",
+                 "--out", str(tmp_path / "a.pt")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "bomb.tif" in err and "--tile" not in err
+    assert (tmp_path / "a.pt").exists()
+
+
+def test_out_of_memory_hint_names_only_options_the_command_has(monkeypatch, capsys):
+    import napari_lmadda.cli.adapt as adapt_cli
+    from napari_lmadda.cli import build_parser, main
+
+    def oom(args):
+        raise MemoryError
+
+    monkeypatch.setattr(adapt_cli, "run", oom)
+    assert main(["adapt", "--model", "m", "--source", ".", "--target", ".", "--method",
+                 "none", "--out", "x.pt"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "out of memory" in err
+    options = {o for a in build_parser()._subparsers._group_actions[0].choices["adapt"]._actions
+               for o in a.option_strings}
+    named = {w.strip(",()") for w in err.split() if w.startswith("--")}
+    assert named and named <= options
+
+
+def test_predict_skips_an_image_whose_tiff_output_does_not_fit(tmp_path, tiny_model_path,
+                                                               small_budget, capsys, decodes):
+    from napari_lmadda.cli import main
+
+    images = good_folder(tmp_path / "imgs")
+    bomb_tiff(images / "bomb.tif", 8192)
+    code = main(["predict", "--model", str(tiny_model_path), "--images", str(images),
+                 "--out", str(tmp_path / "out"), "--workers", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "img0_pred.tif", "img1_pred.tif", "img2_pred.tif"]
+    line = [ln for ln in err.splitlines() if "bomb.tif" in ln]
+    assert line and "ome-zarr" in line[0]
+    assert all("bomb" not in c for c in decodes)
+
+
+def test_predict_streams_a_large_plane_to_ome_zarr_within_the_budget(
+        tmp_path, tiny_model_path, monkeypatch):
+    """A plane whose output exceeds the budget is read, predicted and written band by band."""
+    import tracemalloc
+
+    import zarr
+
+    from napari_lmadda.inference import predict_dask as pdk
+    from napari_lmadda.models import load_model
+
+    monkeypatch.setattr(pdk, "LAZY_PIXELS", 256 * 256)
+    monkeypatch.setattr(pdk, "NORM_SAMPLE_PIXELS", 128 * 128)  # percentiles from a sample
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 4000, (1024, 768), np.uint16)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "big.tif", img, tile=(128, 128))
+    model = load_model(tiny_model_path)
+    out_bytes = 2 * img.size * 4  # the 2-channel float32 prediction: 6 MiB
+    opts = dict(tile=64, overlap=8, chunk=128)
+    whole = pdk.predict_lazy(model, img, **opts).compute(scheduler="synchronous")
+    monkeypatch.setenv("LMADDA_MEMORY_BUDGET", str(out_bytes // 2))
+    tracemalloc.start()
+    report = pdk.predict_folder_dask(model, tmp_path / "in", tmp_path / "out",
+                                     out_format="ome-zarr", scheduler="synchronous", **opts)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert not report.skipped, report.skipped
+    got = np.asarray(zarr.open_group(str(tmp_path / "out" / "big_pred.ome.zarr"))["0"])
+    np.testing.assert_array_equal(got, whole)  # the same tiles, blends and decoding
+    assert peak < out_bytes  # never the whole output (nor the whole input) at once
+
+
+def test_ome_zarr_temp_folder_is_removed_when_the_work_fails(tmp_path, tiny_model_path,
+                                                             monkeypatch):
+    from napari_lmadda.inference import predict_dask as pdk
+    from napari_lmadda.models import load_model
+
+    images = good_folder(tmp_path / "imgs", n=2)
+
+    import dask.array
+
+    def boom(*args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(dask.array, "store", boom)  # after the temporary folder is made
+    with pytest.raises(MemoryError):
+        pdk.predict_folder_dask(load_model(tiny_model_path), images, tmp_path / "out",
+                                out_format="ome-zarr", scheduler="synchronous")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_model_zip_bomb_is_refused_from_its_zip_directory(tmp_path, tiny_model_path,
+                                                            small_budget, monkeypatch):
+    import zipfile
+
+    import torch
+
+    from napari_lmadda.errors import CheckpointError
+    from napari_lmadda.models import load_model
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(tiny_model_path) as zin, zipfile.ZipFile(
+            bomb, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                data = data + b"\x00" * (256 * 2**20)  # inflates to 256 MiB
+            zout.writestr(item.filename, data)
+    assert bomb.stat().st_size < 2 * 2**20
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(CheckpointError) as err:
+        load_model(bomb)
+    assert "bomb.pt" in str(err.value) and "MiB" in str(err.value) and loads == []
+
+
+# ------------------------------------------------------------------ 2. long multi-page TIFFs
+def test_a_tiff_with_more_pages_than_the_limit_is_refused_after_counting_them(
+        tmp_path, decodes, monkeypatch):
+    path = tmp_path / "long.tif"
+    tifffile.imwrite(path, np.zeros((lio.MAX_PAGES + 1, 8, 8), np.uint8), metadata=None)
+    parsed = []
+    real_init = tifffile.TiffPage.__init__
+
+    def count_init(self, *args, **kwargs):
+        parsed.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffPage, "__init__", count_init)
+    for read in (lio.probe_image, lio.read_planes, lambda p: lio.read_plane(p, 0)):
+        with pytest.raises(ImageReadError, match=rf"more than {lio.MAX_PAGES} pages"):
+            read(path)
+    assert decodes == [] and parsed == []  # counted from the IFD chain, no page parsed
+
+
+def test_many_one_page_series_are_indexed_as_one_stack(tmp_path):
+    """600 pages written one by one: tifffile's per-series scan is quadratic; not used."""
+    path = tmp_path / "pages.tif"
+    data = np.arange(600 * 8 * 8, dtype=np.uint16).reshape(600, 8, 8)
+    with tifffile.TiffWriter(path) as w:
+        for page in data:
+            w.write(page)
+    info = lio.probe_image(path)
+    assert len(info.series) == 1 and info.n_planes == 600
+    planes = lio.read_planes(path)
+    np.testing.assert_array_equal(np.stack(planes), data.astype(np.float32))
+    np.testing.assert_array_equal(lio.read_plane(path, 599), data[599])
+
+
+def test_long_tiff_in_predict_and_adapt_is_one_line(tmp_path, tiny_model_path, capsys):
+    from napari_lmadda.cli import main
+
+    images = good_folder(tmp_path / "imgs", n=2)
+    tifffile.imwrite(images / "long.tif", np.zeros((lio.MAX_PAGES + 5, 8, 8), np.uint8),
+                     metadata=None)
+    code = main(["predict", "--model", str(tiny_model_path), "--images", str(images),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"more than {lio.MAX_PAGES} pages" in err
