@@ -233,7 +233,7 @@ def predict_image(
     """
     import torch
 
-    from ..data.normalize import percentile_normalize
+    from ..data.normalize import model_percentiles, percentile_normalize
     from ..devices import resolve_device
     from ..memory import fmt_bytes, memory_budget
 
@@ -262,7 +262,7 @@ def predict_image(
     dev = resolve_device(device) if device else next(model.parameters()).device
     meta = getattr(model, "meta", {}) or {}
     if normalize:
-        p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
+        p_low, p_high = model_percentiles(meta)
         x, _ = percentile_normalize(img, p_low, p_high)
     else:
         x = img.astype(np.float32)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.normalize import model_percentiles
 from ..errors import ConfigError, LmaddaError
 from ..memory import memory_budget
 from .predict import (
@@ -373,10 +374,7 @@ def _plan(model: Any, shape: tuple[int, int], *, tile: int, overlap: int, batch_
     grid = tile_grid(shape, model.min_size, tile, overlap)
     th, tw = grid.tile_height, grid.tile_width
     rmap, cmap = grid.source_index(0), grid.source_index(1)
-    percentiles = None
-    if normalize:
-        p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
-        percentiles = (float(p_low), float(p_high))
+    percentiles = model_percentiles(meta) if normalize else None
     # groups of up to batch_size neighbouring tiles of one tile row: one forward pass each
     groups: list[tuple[int, list[int], tuple[int, int, int, int], np.ndarray, list]] = []
     for r in sorted({r for r, _ in grid.coords}):
