@@ -302,3 +302,68 @@ def test_long_tiff_in_predict_and_adapt_is_one_line(tmp_path, tiny_model_path, c
                  "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and f"more than {lio.MAX_PAGES} pages" in err
+
+
+# ------------------------------------------------------------------ 3. architecture fields
+def _with_arch(src: Path, dst: Path, **arch) -> Path:
+    import torch
+
+    obj = torch.load(src, weights_only=True)
+    obj["arch"] = {**obj["arch"], **arch}
+    torch.save(obj, dst)
+    return dst
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("ngf", 10**9, r"ngf must be a whole number in 1\.\.4096, got 1000000000"),
+    ("ngf", "4", r"ngf must be a whole number in 1\.\.4096, got '4'"),
+    ("ngf", 4.5, r"ngf must be a whole number in 1\.\.4096, got 4\.5"),
+    ("ngf", True, r"ngf must be a whole number"),
+    ("num_downs", 40, r"num_downs must be a whole number in 2\.\.12, got 40"),
+    ("in_channels", -1, r"in_channels must be a whole number in 1\.\.64"),
+    ("out_channels", None, r"out_channels must be a whole number"),
+    ("norm", 3, r"norm must be one of batch, instance, none, got 3"),
+    ("use_dropout", "yes", r"use_dropout must be true or false, got 'yes'"),
+    ("bias", 2, r"bias must be true, false or None, got 2"),
+])
+def test_every_architecture_field_is_checked_for_type_and_range(tmp_path, tiny_model_path,
+                                                                 field, value, match):
+    from napari_lmadda.errors import CheckpointError
+    from napari_lmadda.models import load_model, read_checkpoint
+
+    path = _with_arch(tiny_model_path, tmp_path / "m.pt", **{field: value})
+    for load in (load_model, read_checkpoint):
+        with pytest.raises(CheckpointError, match=match) as err:
+            load(path)
+        assert "m.pt" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    from napari_lmadda.errors import CheckpointError, ConfigError
+    from napari_lmadda.models.checkpoint import validate_architecture
+
+    arch = {"num_downs": 8, "ngf": 4096, "out_channels": 2}
+    monkeypatch.setenv("LMADDA_MEMORY_BUDGET", "1G")
+    with pytest.raises(ConfigError, match=r"parameters; .*GiB, more than the 1\.0 GiB"):
+        validate_architecture(arch)
+    cfg = validate_architecture({"num_downs": 3, "ngf": 4})
+    assert cfg.ngf == 4 and cfg.num_downs == 3
+    with pytest.raises(CheckpointError):
+        validate_architecture(arch, path="x.pt")
+
+
+def test_train_source_refuses_a_huge_ngf_before_building(tmp_path, capsys, monkeypatch):
+    from napari_lmadda.cli import main
+    from napari_lmadda.models import unet
+
+    built = []
+    real = unet.UNetGenerator.__init__
+    monkeypatch.setattr(unet.UNetGenerator, "__init__",
+                        lambda self, *a, **k: built.append(1) or real(self, *a, **k))
+    inputs, targets = good_folder(tmp_path / "in"), good_folder(tmp_path / "dapi")
+    code = main(["train-source", "--inputs", str(inputs), "--targets", str(targets),
+                 "--out", str(tmp_path / "g.pt"), "--ngf", "100000000", "--num-downs", "3",
+                 "--patch", "32", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "ngf" in err
+    assert built == []

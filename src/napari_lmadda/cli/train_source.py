@@ -146,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapt.sampling import check_patch_fits
     from ..data.datasets import PairedFolders, PatchSampler
     from ..errors import ConfigError
-    from ..models.checkpoint import save_model
-    from ..models.unet import UNetConfig
+    from ..models.checkpoint import save_model, validate_architecture
     from ..training import SourceTrainConfig, train_source
     from ._common import (
         cancel_on_sigint,
@@ -171,8 +170,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.val_patches < 1:
         raise ConfigError(f"--val-patches must be >= 1, got {args.val_patches}")
-    arch = UNetConfig(in_channels=1, out_channels=len(names), num_downs=args.num_downs,
-                      ngf=args.ngf, norm=args.norm)
+    arch = validate_architecture(  # before reading data: types, ranges and memory
+        dict(in_channels=1, out_channels=len(names), num_downs=args.num_downs, ngf=args.ngf,
+             norm=args.norm), training=True)
     eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 20)
     cfg = SourceTrainConfig(steps=args.steps, batch_size=args.batch, patch_size=args.patch,
                             lr=args.lr, lambda_gan=args.lambda_gan, eval_every=eval_every,

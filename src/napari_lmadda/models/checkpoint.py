@@ -39,10 +39,11 @@ from ..errors import CheckpointError, ConfigError, LmaddaError
 from ..memory import fmt_bytes, memory_budget
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
 from .translated import TranslatedModel, Translator, TranslatorConfig
-from .unet import UNetConfig, UNetGenerator
+from .unet import NORMS, UNetConfig, UNetGenerator
 
 __all__ = [
     "FORMAT",
+    "validate_architecture",
     "DEFAULT_META",
     "save_model",
     "load_model",
@@ -59,6 +60,80 @@ DEFAULT_META: dict[str, Any] = {
     "target_range": [0.0, 1.0],  # tanh output [-1, 1] maps to this range
     "provenance": {},
 }
+
+
+# (type, low, high) of every UNetConfig field: a model file is data, checked before use
+_INT_FIELDS = {"in_channels": (1, 64), "out_channels": (1, 64), "num_downs": (2, 12),
+               "ngf": (1, 4096)}
+#: Bytes per parameter while training: weights, gradients and Adam's two moments (float32).
+_TRAIN_BYTES_PER_PARAM = 16
+
+
+def validate_architecture(
+    arch: Mapping[str, Any], *, path: Any = None, training: bool = False
+) -> UNetConfig:
+    """Check every architecture field (type and range) and the model's size against memory.
+
+    Used when a model file is read and by ``train-source`` before a network is built, so a
+    crafted or mistyped architecture (``ngf`` 1e9, ``"4"``, 4.5) is one line, never an
+    overflow, a TypeError or gigabytes allocated.
+
+    Parameters
+    ----------
+    arch : mapping
+        :class:`UNetConfig` fields (unknown keys are ignored; missing ones take defaults).
+    path : path-like, optional
+        The model file, named in the message (errors are then :class:`CheckpointError`).
+    training : bool
+        Count the memory of training (weights, gradients, optimiser state), not only of
+        the weights.
+
+    Returns
+    -------
+    UNetConfig
+        The architecture.
+
+    Raises
+    ------
+    ConfigError
+        A field of the wrong type or out of range, or a model larger than the memory budget
+        (:class:`CheckpointError` when ``path`` is given).
+    """
+    def fail(msg: str) -> LmaddaError:
+        if path is None:
+            return ConfigError(msg)
+        return CheckpointError(f"'{path}' declares an impossible architecture: {msg}")
+
+    if not isinstance(arch, Mapping):
+        raise fail(f"expected a mapping of architecture fields, got {type(arch).__name__}")
+    for name, (lo, hi) in _INT_FIELDS.items():
+        if name not in arch:
+            continue
+        v = arch[name]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise fail(f"{name} must be a whole number in {lo}..{hi}, got {v!r}")
+    if "norm" in arch and arch["norm"] not in NORMS:
+        raise fail(f"norm must be one of {', '.join(NORMS)}, got {arch['norm']!r}")
+    if "use_dropout" in arch and not isinstance(arch["use_dropout"], bool):
+        raise fail(f"use_dropout must be true or false, got {arch['use_dropout']!r}")
+    if "bias" in arch and arch["bias"] is not None and not isinstance(arch["bias"], bool):
+        raise fail(f"bias must be true, false or None, got {arch['bias']!r}")
+    try:
+        cfg = UNetConfig.from_dict(dict(arch))
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            n_params = sum(p.numel() for p in UNetGenerator(cfg).parameters())
+    except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
+        raise fail(_one_line(exc)) from None
+    per_param = _TRAIN_BYTES_PER_PARAM if training else 4
+    need, budget = n_params * per_param, memory_budget()
+    if need > budget:
+        what = "training it needs" if training else "its weights need"
+        raise fail(
+            f"a UNet with {cfg.num_downs} down blocks and ngf {cfg.ngf} has {n_params:,} "
+            f"parameters; {what} {fmt_bytes(need)}, more than the {fmt_bytes(budget)} of "
+            "memory available (LMADDA_MEMORY_BUDGET)"
+        )
+    return cfg
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -346,7 +421,7 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
                 f"{obj.get('format_version')}); this version reads up to {FORMAT_VERSION}"
             )
         try:
-            cfg = UNetConfig.from_dict(dict(obj["arch"]))
+            cfg = validate_architecture(obj["arch"], path=path)
             sd = dict(obj["state_dict"])
             meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
             if version >= _TRANSLATED_VERSION:
