@@ -367,3 +367,176 @@ def test_train_source_refuses_a_huge_ngf_before_building(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "ngf" in err
     assert built == []
+
+
+# ------------------------------------------------------------------ 4. disk filling mid-save
+class _FillingFile:
+    """A file on a disk that fills up after ``room`` bytes (ENOSPC mid-write, as on tmpfs)."""
+
+    def __init__(self, fh, room: int):
+        self.fh, self.room = fh, room
+
+    def write(self, data) -> int:
+        import errno
+
+        n = len(memoryview(data).cast("B"))
+        if n > self.room:
+            self.fh.write(bytes(memoryview(data).cast("B")[: self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= n
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _disk_fills_after(monkeypatch, room: int | None):
+    """Make every write of a temporary ``.tmp`` file fail after ``room`` bytes (None: at once)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and ".tmp" in os.path.basename(str(file)):
+            return _FillingFile(fh, 0 if room is None else room)
+        return fh
+
+    monkeypatch.setattr(builtins, "open", filling_open)
+
+
+@pytest.mark.parametrize("room", [None, 100, 5000])
+def test_a_disk_filling_during_a_save_is_the_full_disk_message_and_leaves_nothing(
+        tmp_path, monkeypatch, room):
+    import torch
+
+    from napari_lmadda.errors import OutputWriteError
+    from napari_lmadda.models.checkpoint import atomic_torch_save
+
+    _disk_fills_after(monkeypatch, room)
+    with pytest.raises(OutputWriteError) as err:
+        atomic_torch_save({"w": torch.zeros(100_000)}, tmp_path / "state.run")
+    monkeypatch.undo()
+    assert str(err.value) == f"cannot write '{tmp_path / 'state.run'}': No space left on device"
+    assert err.value.__cause__ is None or isinstance(err.value.__cause__, OSError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_adapt_run_state_on_a_filling_disk_is_one_line(tmp_path, tiny_model_path, monkeypatch,
+                                                       capsys):
+    from napari_lmadda.cli import main
+
+    src, tgt = good_folder(tmp_path / "src"), good_folder(tmp_path / "tgt")
+    out = tmp_path / "out"
+    out.mkdir()
+    _disk_fills_after(monkeypatch, 3000)
+    code = main(["adapt", "--model", str(tiny_model_path), "--source", str(src), "--target",
+                 str(tgt), "--method", "lmadda", "--layer", "2", "--steps", "2", "--eval-every",
+                 "1", "--batch", "2", "--patch", "32", "--out", str(out / "a.pt")])
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.splitlines()[-1].endswith("No space left on device") and "Traceback" not in err
+    assert [p.name for p in out.iterdir() if ".tmp" in p.name] == []
+
+
+# ------------------------------------------------------------------ 5. silently wrong results
+def test_non_finite_weights_are_refused_at_load(tmp_path, tiny_model_path):
+    import torch
+
+    from napari_lmadda.errors import CheckpointError
+    from napari_lmadda.models import load_model
+
+    obj = torch.load(tiny_model_path, weights_only=True)
+    key = next(k for k, v in obj["state_dict"].items() if v.is_floating_point())
+    obj["state_dict"][key] = torch.full_like(obj["state_dict"][key], float("nan"))
+    torch.save(obj, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=rf"non-finite weights.*'{key}'"):
+        load_model(tmp_path / "nan.pt")
+
+
+def test_napari_reader_refuses_a_nan_model(tmp_path, tiny_model_path, make_napari_viewer, errors):
+    import torch
+
+    from napari_lmadda._reader import get_reader
+    from napari_lmadda.widgets.state import get_state
+
+    obj = torch.load(tiny_model_path, weights_only=True)
+    for v in obj["state_dict"].values():
+        if v.is_floating_point():
+            v.fill_(float("inf"))
+    torch.save(obj, tmp_path / "inf.pt")
+    viewer = make_napari_viewer()
+    get_reader(str(tmp_path / "inf.pt"))(str(tmp_path / "inf.pt"))
+    assert get_state(viewer).model is None
+    assert errors and "non-finite weights" in errors[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["make-synthetic", "--n", "1", "--size", "32", "--shift", "overexpose", "--magnitude", "nan"],
+    ["make-synthetic", "--n", "1", "--size", "32", "--density", "inf"],
+    ["evaluate", "--pred", "P", "--truth", "T", "--threshold", "nan"],
+])
+def test_non_finite_options_are_refused(tmp_path, argv, capsys):
+    from napari_lmadda.cli import main
+
+    good_folder(tmp_path / "P")
+    good_folder(tmp_path / "T")
+    argv = [str(tmp_path / a) if a in ("P", "T") else a for a in argv]
+    if argv[0] == "make-synthetic":
+        argv += ["--out", str(tmp_path / "synth")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and ("finite" in err or "nan" in err or "inf" in err)
+    assert not (tmp_path / "synth").exists()
+
+
+def test_generators_and_configs_refuse_non_finite_values():
+    from napari_lmadda.data.synthetic import make_domain
+    from napari_lmadda.errors import ConfigError
+    from napari_lmadda.training import SourceTrainConfig
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="magnitude"):
+            make_domain(1, size=32, shift="overexpose", magnitude=bad)
+        with pytest.raises(ConfigError, match="density"):
+            make_domain(1, size=32, density=bad)
+        with pytest.raises(ConfigError, match="lambda_gan"):
+            SourceTrainConfig(lambda_gan=bad)
+        with pytest.raises(ConfigError, match="lambda_l1"):
+            SourceTrainConfig(lambda_l1=bad)
+
+
+def test_every_float_option_of_every_command_refuses_nan(tmp_path, tiny_model_path, capsys):
+    """Found from the parser, so an option added later is covered too."""
+    from napari_lmadda.cli import build_parser, main
+
+    good_folder(tmp_path / "a")
+    base = {
+        "train-source": ["--inputs", "a", "--targets", "a", "--out", "o.pt", "--steps", "1",
+                         "--num-downs", "3", "--ngf", "2", "--patch", "32"],
+        "adapt": ["--model", "M", "--source", "a", "--target", "a", "--out", "o.pt",
+                  "--method", "none"],
+        "sweep": ["--model", "M", "--source", "a", "--target", "a", "--truth", "a", "--out",
+                  "sw", "--layers", "1", "--steps", "1"],
+        "recommend-layer": ["--model", "M", "--source", "a", "--target", "a"],
+        "evaluate": ["--pred", "a", "--truth", "a"],
+        "make-synthetic": ["--out", "s", "--n", "1", "--size", "32"],
+    }
+    sub = build_parser()._subparsers._group_actions[0].choices
+    cases = [(cmd, a.option_strings[0]) for cmd, p in sub.items() for a in p._actions
+             if a.type is float]
+    assert {c for c, _ in cases} <= set(base), cases
+    os.chdir(tmp_path)
+    for cmd, flag in cases:
+        args = [str(tiny_model_path) if x == "M" else x for x in base[cmd]]
+        code = main([cmd, *args, flag, "nan"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0, (cmd, flag, err)

@@ -987,15 +987,32 @@ def atomic_write(
             tmp.unlink()
         except OSError:
             pass
-        if isinstance(exc, OSError) and not isinstance(exc, LmaddaError):
-            if isinstance(exc, PermissionError):
-                raise OutputWriteError(
-                    f"cannot write '{path.name}': folder '{folder}' is not writable"
-                ) from exc
-            raise OutputWriteError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+        if isinstance(exc, LmaddaError):
+            raise
+        # an OS error may come wrapped: torch's zip writer, after the disk filled up part-way
+        # through a save, raises "unexpected pos" chained to the real ENOSPC
+        os_error = _os_error_in_chain(exc)
+        if isinstance(os_error, PermissionError):
+            raise OutputWriteError(
+                f"cannot write '{path.name}': folder '{folder}' is not writable"
+            ) from os_error
+        if os_error is not None:
+            raise OutputWriteError(
+                f"cannot write '{path}': {os_error.strerror or os_error}") from os_error
         raise
     _fsync_folder(folder)
     return path
+
+
+def _os_error_in_chain(exc: BaseException) -> OSError | None:
+    """The first :class:`OSError` among ``exc`` and the exceptions it was raised from."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -366,6 +366,9 @@ def evaluate_folders(
     unknown = [m for m in metrics if m not in AVAILABLE_METRICS]
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown}; choose from {list(AVAILABLE_METRICS)}")
+    if threshold is not None and not (isinstance(threshold, int | float)
+                                      and math.isfinite(threshold)):
+        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
     if normalize not in (None, "none", "percentile"):
         raise ConfigError(f"normalize must be None or 'percentile', got {normalize!r}")
     pred_map = _stem_map(list_images(pred_dir), pred_dir)

@@ -460,11 +460,22 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
         )
     _check_meta(meta, cfg, path)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    bad = next((k for k, v in sd.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"'{path}' holds non-finite weights (NaN or Inf), e.g. in '{bad}': every "
+            "prediction would be NaN"
+        )
     return cfg, sd, meta, tcfg
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, eval_mode: bool = True
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    eval_mode: bool = True,
+    grey_only: bool = True,
 ) -> UNetGenerator:
     """Load a ready-to-use model from a napari-lmadda or pix2pix file.
 
@@ -476,6 +487,9 @@ def load_model(
         Where to put it (``"auto"`` allowed).
     eval_mode : bool
         Put the model in eval mode (BatchNorm uses running statistics, no dropout).
+    grey_only : bool
+        Refuse a model for several input channels: the project feeds one grey plane at a
+        time (the napari reader, the CLI and the library refuse it alike, when loading).
 
     Returns
     -------
@@ -496,6 +510,12 @@ def load_model(
 
         path = demo_model_path()
     cfg, sd, meta, tcfg = _read(path)
+    if grey_only and cfg.in_channels != 1:
+        raise CheckpointError(
+            f"'{path}' is a model for {cfg.in_channels} input channels; napari-lmadda feeds "
+            "it one grey plane at a time, so only single-channel (grey-input) models can "
+            "be used"
+        )
     _check_fits(cfg, sd, path, tcfg)  # before allocating: a file may declare a huge network
     model = _build(cfg, tcfg)
     model.load_state_dict(sd, strict=True)

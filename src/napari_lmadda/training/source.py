@@ -74,6 +74,9 @@ class SourceTrainConfig:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise ConfigError(f"lr must be in (0, 1], got {self.lr!r}")
+        for name in ("lambda_l1", "lambda_gan"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if self.lambda_l1 < 0 or self.lambda_gan < 0 or self.lambda_l1 + self.lambda_gan == 0:
             raise ConfigError("lambda_l1 and lambda_gan must be >= 0 and not both 0")
 
