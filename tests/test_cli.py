@@ -102,20 +102,15 @@ def test_adapt_predict_evaluate(ws, capsys, tmp_path):
     assert os.path.getmtime(pred / "field_000_pred.tif") == before
     assert main([*args, "--overwrite"]) == 0
 
-    # evaluate matches by file name and plane count: a truth file per prediction, holding
-    # the DAPI and CD29 planes
-    truth = tmp_path / "truth"
-    truth.mkdir()
-    for i in range(3):
-        t = np.stack([tifffile.imread(ws / f"tgt/{m}/field_{i:03d}.tif")
-                      for m in ("dapi", "cd29")])
-        tifffile.imwrite(truth / f"field_{i:03d}_pred.tif", t)
+    # evaluate pairs field_000_pred.tif with the truth field_000.tif of each marker's folder
+    # and scores the channel named like the folder, with no renaming
     capsys.readouterr()
-    rc = main(["evaluate", "--pred", str(pred), "--truth", str(truth),
-               "--json", str(tmp_path / "eval.json")])
-    assert rc == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
-    assert len(result["per_image"]["pearson"]) == 6  # 3 files x 2 channels
+    for marker, name in (("dapi", "DAPI"), ("cd29", "CD29")):
+        rc = main(["evaluate", "--pred", str(pred), "--truth", str(ws / "tgt" / marker),
+                   "--json", str(tmp_path / f"eval_{marker}.json")])
+        assert rc == 0
+        result = json.loads((tmp_path / f"eval_{marker}.json").read_text())
+        assert result["channel"] == name and len(result["per_image"]["pearson"]) == 3
 
 
 def test_predict_skips_an_unreadable_file_with_exit_code_1(ws, capsys, tmp_path):

@@ -540,3 +540,147 @@ def test_every_float_option_of_every_command_refuses_nan(tmp_path, tiny_model_pa
         code = main([cmd, *args, flag, "nan"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.count("\n") == 0, (cmd, flag, err)
+
+
+# ------------------------------------------------------------------ 7. outputs inside inputs
+@pytest.mark.parametrize("inside", ["same", "sub"])
+def test_predict_refuses_an_out_folder_inside_the_images(tmp_path, tiny_model_path, capsys,
+                                                         inside):
+    from napari_lmadda.cli import main
+    from napari_lmadda.errors import ConfigError
+    from napari_lmadda.inference.predict import predict_folder
+    from napari_lmadda.inference.predict_dask import predict_folder_dask
+    from napari_lmadda.models import load_model
+
+    images = good_folder(tmp_path / "imgs", n=2)
+    out = images if inside == "same" else images / "stains"
+    assert main(["predict", "--model", str(tiny_model_path), "--images", str(images),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--out" in err and "inside" in err
+    model = load_model(tiny_model_path)
+    for fn in (predict_folder, predict_folder_dask):
+        with pytest.raises(ConfigError, match="inside"):
+            fn(model, images, out)
+    assert sorted(p.name for p in images.iterdir()) == ["img0.tif", "img1.tif"]
+
+
+def test_own_predictions_are_never_taken_as_inputs(tmp_path, tiny_model_path, capsys):
+    from napari_lmadda.cli import main
+
+    images = good_folder(tmp_path / "imgs", n=2)
+    assert main(["predict", "--model", str(tiny_model_path), "--images", str(images),
+                 "--out", str(tmp_path / "out")]) == 0
+    # a careless user copies the predictions (renamed, even) in with the inputs
+    (tmp_path / "out" / "img0_pred.tif").rename(images / "renamed.tif")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tiny_model_path), "--images", str(images),
+                 "--out", str(tmp_path / "out2")]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == [
+        "img0_pred.tif", "img1_pred.tif"]
+    assert "renamed.tif" in err and "prediction" in err
+
+
+def test_an_interrupted_predict_resumes_with_skip_existing(tmp_path, tiny_model_path, capsys):
+    from napari_lmadda.cli import main
+
+    images = good_folder(tmp_path / "imgs", n=3)
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(tiny_model_path), "--images", str(images), "--out",
+            str(out), "--uncertainty", "--uncertainty-samples", "2"]
+    assert main(argv) == 0
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "img1_pred.tif").unlink()  # the run was interrupted before these were written
+    (out / "img2_trust.tif").unlink()
+    assert main(argv) == 2  # existing outputs: refused, and the message says what to do
+    assert "--skip-existing" in capsys.readouterr().err
+    assert main([*argv, "--skip-existing"]) == 0
+    now = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert sorted(now) == sorted(kept)
+    for name in ("img0_pred.tif", "img0_trust.tif", "img1_trust.tif", "img2_pred.tif"):
+        assert now[name] == kept[name], name  # complete outputs were not recomputed
+    assert "kept 2" in capsys.readouterr().out
+    assert main([*argv, "--skip-existing", "--overwrite"]) == 2
+
+
+# ------------------------------------------------------------------ 8. the README pipeline
+def _readme_commands() -> list[list[str]]:
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("## On the command line", 1)[1].split("```bash", 1)[1].split("```")[0]
+    return [shlex.split(line.split("  #")[0])[1:] for line in block.splitlines()
+            if line.startswith("lmadda ")]
+
+
+def test_the_readme_pipeline_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Each documented command, in order, on small synthetic folders named as in the README.
+
+    Only run-time options are appended (argparse: the last value wins), to make the run
+    small; every documented option and folder stays as written.
+    """
+    import json
+    import shutil
+
+    from napari_lmadda.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["make-synthetic", "--out", "src", "--n", "4", "--size", "64"]) == 0
+    assert main(["make-synthetic", "--out", "tgt", "--n", "3", "--size", "64", "--seed", "7",
+                 "--modality", "brightfield"]) == 0
+    shutil.move("src/input", "pc")
+    shutil.move("src/dapi", "dapi")
+    shutil.move("src/cd29", "cd29")
+    shutil.move("tgt/input", "bf")
+    shutil.move("tgt", "bf_truth")  # bf_truth/dapi, bf_truth/cd29: the truth of bf/
+    small = {
+        "train-source": ["--steps", "2", "--num-downs", "3", "--ngf", "4", "--patch", "32",
+                         "--batch", "2", "--val-patches", "2"],
+        "adapt": ["--steps", "2", "--eval-every", "1", "--batch", "2", "--patch", "32"],
+        "predict": ["--tile", "64"],
+        "sweep": ["--layers", "2", "--seeds", "0", "--steps", "2", "--eval-every", "1",
+                  "--batch", "2", "--patch", "32", "--methods", "", "--tile", "64"],
+        "make-synthetic": ["--size", "32"],
+    }
+    commands = _readme_commands()
+    assert [c[0] for c in commands] == ["train-source", "adapt", "predict", "sweep",
+                                        "evaluate", "make-synthetic"]
+    for argv in commands:
+        code = main([*argv, *small.get(argv[0], [])])
+        out, err = capsys.readouterr()
+        assert code == 0, (argv, err[-2000:])
+    scores = json.loads(Path("scores.json").read_text())
+    assert scores["names"] == ["field_000_pred.tif", "field_001_pred.tif",
+                               "field_002_pred.tif"]
+    assert scores["channel"] == "DAPI"
+    assert all(-1 <= v <= 1 for v in scores["per_image"]["pearson"])
+
+
+def test_evaluate_matches_prediction_channels_by_name(tmp_path, capsys):
+    from napari_lmadda.cli import main
+    from napari_lmadda.data.io import write_tiff
+    from napari_lmadda.evaluation.metrics import evaluate_folders
+
+    rng = np.random.default_rng(0)
+    pred, truth = tmp_path / "stains", tmp_path / "truth"
+    pred.mkdir()
+    for marker in ("dapi", "cd29", "other"):
+        (truth / marker).mkdir(parents=True)
+    stains = rng.random((2, 2, 16, 16), np.float32)  # two fields, channels DAPI and CD29
+    for i in range(2):
+        write_tiff(pred / f"f{i}_pred.tif", stains[i], axes="CYX",
+                   channel_names=["DAPI", "CD29"], metadata={"source_image": f"f{i}.tif",
+                                                             "model": {}})
+        tifffile.imwrite(truth / "dapi" / f"f{i}.tif", stains[i, 0])
+        tifffile.imwrite(truth / "cd29" / f"f{i}.tif", stains[i, 1])
+        tifffile.imwrite(truth / "other" / f"f{i}.tif", stains[i, 1])
+    for marker, c in (("dapi", 0), ("cd29", 1)):
+        r = evaluate_folders(pred, truth / marker)
+        assert r["channel"] == ["DAPI", "CD29"][c]
+        assert r["per_image"]["pearson"] == pytest.approx([1.0, 1.0])
+    r = evaluate_folders(pred, truth / "other", channel="cd29")
+    assert r["channel"] == "CD29" and r["per_image"]["pearson"] == pytest.approx([1.0, 1.0])
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--channel" in err and "DAPI, CD29" in err

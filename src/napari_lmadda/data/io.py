@@ -82,6 +82,8 @@ __all__ = [
     "atomic_write",
     "write_tiff",
     "read_tiff_metadata",
+    "read_pixel_size",
+    "unit_name",
 ]
 
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
@@ -1049,8 +1051,18 @@ def write_tiff(
     overwrite: bool = False,
     dtype: np.dtype | type | str | None = np.float32,
     compression: str | None = None,
+    axes: str | None = None,
+    channel_names: list[str] | None = None,
+    pixel_size: dict[str, Any] | None = None,
+    ranges: list[tuple[float, float]] | None = None,
 ) -> Path:
     """Write an array to a TIFF file atomically, with a JSON metadata dict.
+
+    With ``axes`` the file is an ImageJ hyperstack (what Fiji opens as channels, slices and
+    frames, calibrated): ``axes`` is a subsequence of ``TZCYX`` in that order, the channels
+    are named (ImageJ slice labels), the pixel size and unit go to the resolution tags and
+    the ImageJ description, and the JSON metadata to ImageJ's ``Info`` property (Fiji:
+    Image > Show Info). ImageJ stores uint8, uint16 and float32; other types become float32.
 
     Parameters
     ----------
@@ -1061,13 +1073,21 @@ def write_tiff(
         interpreted as RGB), one TIFF page per 2D plane.
     metadata : dict, optional
         JSON-serialisable values (numpy scalars/arrays and paths are converted), stored in the
-        ImageDescription and returned by :func:`read_tiff_metadata`.
+        ImageDescription (ImageJ: its ``Info``) and returned by :func:`read_tiff_metadata`.
     overwrite : bool
         Replace an existing file.
     dtype : dtype, optional
         Stored pixel type (default ``float32``); None keeps ``array``'s dtype.
     compression : str, optional
         A tifffile compression name (e.g. ``"zlib"``); none by default.
+    axes : str, optional
+        Write an ImageJ hyperstack with these axes (e.g. ``"CYX"``, ``"ZCYX"``).
+    channel_names : list of str, optional
+        One name per ``C`` (hyperstack only).
+    pixel_size : dict, optional
+        ``{"y", "x", "z" (optional), "unit"}`` as :func:`read_pixel_size` returns.
+    ranges : list of (float, float), optional
+        Display range of each channel (hyperstack only).
 
     Returns
     -------
@@ -1100,20 +1120,179 @@ def write_tiff(
             f"cannot write '{path}': metadata is not JSON-serialisable ({exc})"
         ) from exc
 
+    if axes is not None:
+        kwargs = _imagej_kwargs(path, arr, axes, meta, channel_names, pixel_size, ranges)
+        arr = kwargs.pop("data")
+
+        def _write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, arr, imagej=True, compression=compression, **kwargs)
+
+        return atomic_write(path, _write, overwrite=overwrite)
+
     # explicit axes: otherwise tifffile drops trailing length-1 axes and a stack of
     # (H, 1) planes reads back as one plane
-    axes = "Q" * (arr.ndim - 2) + "YX"
+    qaxes = "Q" * (arr.ndim - 2) + "YX"
 
     def _write(tmp: Path) -> None:
         tifffile.imwrite(
             tmp,
             arr,
             photometric="minisblack",
-            metadata={"axes": axes, "lmadda": meta},
+            metadata={"axes": qaxes, "lmadda": meta},
             compression=compression,
         )
 
     return atomic_write(path, _write, overwrite=overwrite)
+
+
+def _imagej_kwargs(path: Path, arr: np.ndarray, axes: str, meta: dict[str, Any],
+                   channel_names: list[str] | None, pixel_size: dict[str, Any] | None,
+                   ranges: list[tuple[float, float]] | None) -> dict[str, Any]:
+    """The ``tifffile.imwrite`` arguments of an ImageJ hyperstack (checked, one-line errors)."""
+    order = "TZCYX"
+    if (len(axes) != arr.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes)
+            or any(a not in order for a in axes)
+            or [order.index(a) for a in axes] != sorted(order.index(a) for a in axes)):
+        raise LmaddaError(f"cannot write '{path}' as an ImageJ hyperstack: axes {axes!r} do "
+                          f"not fit an array of shape {arr.shape} (use a subsequence of TZCYX)")
+    if arr.dtype not in (np.uint8, np.uint16, np.float32):
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(np.float32)
+    n_c = arr.shape[axes.index("C")] if "C" in axes else 1
+    ij: dict[str, Any] = {"axes": axes}
+    if channel_names is not None:
+        names = [str(n) for n in channel_names]
+        if len(names) != n_c:
+            raise LmaddaError(f"cannot write '{path}': {len(names)} channel name(s) for {n_c} "
+                              "channel(s)")
+        # ImageJ names a channel by the label of each of its planes (C varies fastest)
+        n_planes = int(np.prod(arr.shape[:-2])) if arr.ndim > 2 else 1
+        ij["Labels"] = [names[i % n_c] for i in range(n_planes)]
+        meta = {"channels": names, **meta}
+    if ranges is not None and len(ranges) == n_c:
+        ij["Ranges"] = tuple(float(v) for r in ranges for v in r)
+    if n_c > 1:
+        ij["mode"] = "composite"
+    kwargs: dict[str, Any] = {}
+    if pixel_size:
+        unit = unit_name(pixel_size.get("unit"))
+        y, x = float(pixel_size.get("y") or 0), float(pixel_size.get("x") or 0)
+        if unit and y > 0 and x > 0 and math.isfinite(x) and math.isfinite(y):
+            kwargs["resolution"] = (1.0 / x, 1.0 / y)
+            ij["unit"] = unit
+            z = pixel_size.get("z")
+            if z and "Z" in axes and math.isfinite(float(z)) and float(z) > 0:
+                ij["spacing"] = float(z)
+            meta = {**meta, "pixel_size": {"y": y, "x": x, "z": z, "unit": unit}}
+    ij["Info"] = json.dumps({"lmadda": meta})
+    return {"data": arr, "metadata": ij, **kwargs}
+
+
+#: Length units ImageJ and OME name differently, to one short name (``um`` for micrometres).
+_UNITS = {"um": "um", "µm": "um", "μm": "um", "micron": "um", "microns": "um",
+          "micrometer": "um", "micrometre": "um", "\\u00b5m": "um", "nm": "nm",
+          "nanometer": "nm", "nanometre": "nm", "mm": "mm", "millimeter": "mm",
+          "millimetre": "mm", "cm": "cm", "centimeter": "cm", "centimetre": "cm", "m": "m",
+          "meter": "m", "metre": "m", "pm": "pm", "picometer": "pm"}
+
+
+def unit_name(unit: Any) -> str | None:
+    """``"micrometer"``, ``"µm"``, ``"micron"``, a pint unit, ... -> ``"um"``; pixels -> None.
+
+    Parameters
+    ----------
+    unit : str or object
+        A length unit as napari, ImageJ or OME spell it.
+
+    Returns
+    -------
+    str or None
+        The short name (``um``, ``nm``, ``mm``, ...), None for no physical unit.
+    """
+    if unit is None:
+        return None
+    text = str(unit).strip()
+    key = text.lower()
+    if key in ("", "pixel", "pixels", "px", "none", "dimensionless"):
+        return None
+    return _UNITS.get(key, _UNITS.get(text, text))
+
+
+def read_pixel_size(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The pixel size a TIFF declares: ImageJ, OME-XML or TIFF resolution tags.
+
+    Parameters
+    ----------
+    path : path-like
+        An image file (only TIFFs carry a calibration here).
+
+    Returns
+    -------
+    dict or None
+        ``{"y": float, "x": float, "z": float or None, "unit": "um"|...}``, or None when the
+        file is not calibrated (no unit, a 72 or 96 dpi screen default, not a TIFF, or
+        unreadable: the calibration is a courtesy, never a reason to fail).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        tif = _open_tiff(path)
+    except LmaddaError:
+        return None
+    with tif:
+        try:
+            return _ome_pixel_size(tif) or _imagej_or_tag_pixel_size(tif)
+        except Exception:  # a damaged tag: no calibration
+            return None
+
+
+def _ome_pixel_size(tif: Any) -> dict[str, Any] | None:
+    if not tif.is_ome:
+        return None
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(tif.ome_metadata)
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None or pixels.get("PhysicalSizeX") is None:
+        return None
+    x = float(pixels.get("PhysicalSizeX"))
+    y = float(pixels.get("PhysicalSizeY", x))
+    z = pixels.get("PhysicalSizeZ")
+    unit = unit_name(pixels.get("PhysicalSizeXUnit", "µm"))
+    if not unit or not (x > 0 and y > 0):
+        return None
+    return {"y": y, "x": x, "z": float(z) if z else None, "unit": unit}
+
+
+def _imagej_or_tag_pixel_size(tif: Any) -> dict[str, Any] | None:
+    page = tif.pages[0]
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    xn, xd = tags["XResolution"].value
+    yn, yd = tags["YResolution"].value if "YResolution" in tags else (xn, xd)
+    if not (xn and yn and xd and yd):
+        return None
+    xres, yres = xn / xd, yn / yd  # pixels per unit
+    z = None
+    if tif.is_imagej:
+        md = tif.imagej_metadata or {}
+        unit = unit_name(md.get("unit"))
+        z = md.get("spacing")
+        scale = 1.0
+    else:
+        code = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        if code == 3:
+            unit, scale = "um", 1e4  # pixels per centimetre
+        elif code == 2 and round(xres) not in (72, 96):
+            unit, scale = "um", 25400.0  # pixels per inch (72/96 dpi: a screen default)
+        else:
+            return None
+    if not unit:
+        return None
+    return {"y": scale / yres, "x": scale / xres,
+            "z": float(z) if z else None, "unit": unit}
 
 
 def read_tiff_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -1135,6 +1314,14 @@ def read_tiff_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     tif = _open_tiff(path)
     with tif:
         try:
+            if tif.is_imagej:  # a hyperstack written by write_tiff: JSON in ImageJ's Info
+                info = (tif.imagej_metadata or {}).get("Info")
+                try:
+                    parsed = json.loads(info) if isinstance(info, str) else None
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict) and isinstance(parsed.get("lmadda"), dict):
+                    return dict(parsed["lmadda"])
             shaped = tif.shaped_metadata
             if shaped:
                 first = dict(shaped[0])

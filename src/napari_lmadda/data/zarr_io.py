@@ -248,7 +248,9 @@ class OmeZarrWriter:
     def ome_metadata(self, window: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
         """The ``ome`` attribute (NGFF 0.5 multiscales and OMERO channels)."""
         kinds = {"c": "channel", "z": "space", "y": "space", "x": "space"}
-        lo, hi = float(window[0]), float(window[1])
+        # one (lo, hi) for every channel, or one pair per channel
+        per = (list(window) if window and hasattr(window[0], "__len__")
+               else [window] * len(self.channel_names))
         return {
             "version": "0.5",
             "multiscales": [{
@@ -264,8 +266,9 @@ class OmeZarrWriter:
             "omero": {
                 "channels": [
                     {"label": name, "color": "FFFFFF", "active": True,
-                     "window": {"min": lo, "max": hi, "start": lo, "end": hi}}
-                    for name in self.channel_names
+                     "window": {"min": float(lo), "max": float(hi), "start": float(lo),
+                                "end": float(hi)}}
+                    for name, (lo, hi) in zip(self.channel_names, per)
                 ],
             },
         }
@@ -278,8 +281,8 @@ class OmeZarrWriter:
         ----------
         metadata : dict, optional
             JSON-serialisable values stored under the ``lmadda`` attribute.
-        window : (float, float)
-            Display range of every channel (e.g. the model's ``target_range``).
+        window : (float, float) or list of (float, float)
+            Display range of every channel, or one per channel (the model's stain ranges).
 
         Returns
         -------

@@ -48,8 +48,12 @@ from .predict import (
     _check_grey_model,
     autocast,
     blend_window,
+    check_out_folder,
+    drop_predictions,
+    prediction_metadata,
     target_norm,
     tile_grid,
+    write_prediction,
 )
 
 __all__ = [
@@ -700,7 +704,7 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
     Returns
     -------
     list of Path
-        The inputs.
+        The inputs; the project's own predictions in a folder are left out (with a warning).
     """
     from ..data.io import EmptyFolderError, _natural_key, list_images
     from ..data.zarr_io import is_zarr_image
@@ -711,12 +715,15 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         return list_images(root)
     zarrs = [p for p in root.iterdir() if not p.name.startswith(".") and is_zarr_image(p)]
-    if not zarrs:
-        return list_images(root)
     try:
         files = list_images(root)
     except EmptyFolderError:
+        if not zarrs:
+            raise
         files = []
+    files = drop_predictions(files, root)
+    if not files and not zarrs:
+        raise EmptyFolderError(f"no images in '{root}' other than napari-lmadda predictions")
     return sorted([*files, *zarrs], key=lambda p: _natural_key(p.name))
 
 
@@ -755,6 +762,7 @@ class _Job:
     messages: list = field(default_factory=list)
     nbytes: int = 0  # memory the job takes while computed
     stream: list | None = None  # planes predicted band by band into ``writer``
+    kept: bool = False  # a complete output of an earlier run, left as it is
 
 
 def _emit(messages: list[tuple[type, str]], path: Path) -> None:
@@ -777,6 +785,7 @@ def iter_predict_folder_dask(
     workers: int | None = None,
     out_format: str = "tiff",
     overwrite: bool = False,
+    skip_existing: bool = False,
     stop_on_error: bool = False,
     metadata: dict[str, Any] | None = None,
     window: int | None = None,
@@ -811,8 +820,9 @@ def iter_predict_folder_dask(
         Threads of the local threaded scheduler.
     out_format : {"tiff", "ome-zarr"}
         Output format.
-    overwrite, stop_on_error, metadata
-        As for :func:`~napari_lmadda.inference.predict.iter_predict_folder`.
+    overwrite, skip_existing, stop_on_error, metadata
+        As for :func:`~napari_lmadda.inference.predict.iter_predict_folder` (with
+        ``skip_existing`` the outputs already complete are kept, the others computed).
     window : int, optional
         Images computed together (default: four per worker thread, at least 4), fewer when
         they hold :data:`WINDOW_PIXELS` pixels; bounds memory.
@@ -824,7 +834,7 @@ def iter_predict_folder_dask(
     import dask
     import dask.array as da
 
-    from ..data.io import ImageWarning, write_tiff
+    from ..data.io import ImageWarning, read_pixel_size
     from ..data.zarr_io import OmeZarrWriter
 
     t0 = time.perf_counter()
@@ -832,6 +842,9 @@ def iter_predict_folder_dask(
     _check_grey_model(model)
     if window is not None and window < 1:
         raise ConfigError(f"window must be >= 1, got {window}")
+    if overwrite and skip_existing:
+        raise ConfigError("overwrite and skip_existing exclude each other")
+    check_out_folder(images, out_dir)
     if out_format == "ome-zarr":
         from ..data.zarr_io import require_zarr
 
@@ -854,6 +867,8 @@ def iter_predict_folder_dask(
 
     def prepare(path: Path, target: Path, model_ref: Any) -> _Job:
         writer = None
+        if skip_existing and target.exists():
+            return _Job(path, target, 0, None, kept=True)
         try:
             if target.exists() and not overwrite:
                 from ..errors import OutputExistsError
@@ -901,24 +916,23 @@ def iter_predict_folder_dask(
         _, msgs = job.result
         _emit([m for ms in msgs for m in ms], job.path)
         n = job.n_planes
-        md = {
-            "source_image": job.path.name,
-            "channels": names,
-            "model": meta.get("provenance", {}),
-            **(metadata or {}),
-        }
+        pixel_size = read_pixel_size(job.path)
         if job.writer is not None:
-            md["axes"] = "CYX" if n == 1 else "CZYX"
-            return job.writer.commit(md, window=(min(stain.lo), max(stain.hi)))
+            md = prediction_metadata(model, job.path, "CYX" if n == 1 else "CZYX", metadata)
+            if pixel_size is not None:
+                md["pixel_size"] = pixel_size
+            return job.writer.commit(md, window=list(zip(stain.lo, stain.hi)))
         preds = job.result[0]
         arr = preds[0] if n == 1 else np.stack(preds)
-        md["axes"] = "CYX" if n == 1 else "ZCYX"
-        return write_tiff(job.target, arr, metadata=md, overwrite=overwrite)
+        return write_prediction(model, job.target, arr, job.path, overwrite=overwrite,
+                                metadata=metadata, pixel_size=pixel_size)
 
     def settle(jobs: list[_Job]) -> Iterator[tuple[int, int, Path]]:
         """Write (or skip) computed jobs, in order; yield progress after each."""
         for job in jobs:
-            if job.error is None:
+            if job.kept:
+                report.kept.append(job.target)
+            elif job.error is None:
                 try:
                     report.written.append(finish(job))
                 except LmaddaError as exc:
@@ -947,7 +961,7 @@ def iter_predict_folder_dask(
             for i, (path, target) in enumerate(zip(inputs, targets)):
                 job = prepare(path, target, model_ref)
                 if job.stream is not None:
-                    _compute_jobs(runner, [j for j in pending if j.error is None])
+                    _compute_jobs(runner, [j for j in pending if j.value is not None])
                     yield from settle(pending)
                     pending, pixels, nbytes = [job], 0, 0  # aborted by `finally` if it fails
                     try:
@@ -966,7 +980,7 @@ def iter_predict_folder_dask(
                 if (len(pending) < size and pixels < WINDOW_PIXELS
                         and nbytes < memory_budget() and i + 1 < len(inputs)):
                     continue
-                _compute_jobs(runner, [j for j in pending if j.error is None])
+                _compute_jobs(runner, [j for j in pending if j.value is not None])
                 yield from settle(pending)
                 pending, pixels, nbytes = [], 0, 0
     finally:
