@@ -684,3 +684,71 @@ def test_evaluate_matches_prediction_channels_by_name(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth / "other")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--channel" in err and "DAPI, CD29" in err
+
+
+# ------------------------------------------------------------------ 9. smaller points
+def test_a_tampered_run_state_step_is_refused(tmp_path, tiny_model_path, capsys):
+    import shutil
+
+    import torch
+
+    from napari_lmadda.adapt.config import AdaptConfig
+    from napari_lmadda.adapt.engine import adapt
+    from napari_lmadda.cli import main
+    from napari_lmadda.errors import CheckpointError
+    from napari_lmadda.models import load_model
+
+    src, tgt = good_folder(tmp_path / "src"), good_folder(tmp_path / "tgt")
+    cfg = AdaptConfig(steps=2, eval_every=1, batch_size=2, patch_size=32)
+    state = tmp_path / "a.pt.run"
+    adapt(load_model(tiny_model_path), src, tgt, method="lmadda", layers=2, config=cfg,
+          run_state=state)
+    st = torch.load(state, weights_only=True)
+    st["step"] = 10**9
+    torch.save(st, state)
+    with pytest.raises(CheckpointError, match=r"step \(1000000000.*0\.\.2 steps"):
+        adapt(load_model(tiny_model_path), src, tgt, method="lmadda", layers=2, config=cfg,
+              run_state=state)
+    shutil.copy(state, tmp_path / "b.pt.run")
+    assert main(["adapt", "--model", str(tiny_model_path), "--source", str(src), "--target",
+                 str(tgt), "--method", "lmadda", "--layer", "2", "--steps", "2",
+                 "--eval-every", "1", "--batch", "2", "--patch", "32", "--out",
+                 str(tmp_path / "b.pt"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "1000000000" in err and "kept step" not in err
+
+
+def test_napari_refuses_a_model_for_colour_input(tmp_path, make_napari_viewer, errors):
+    from napari_lmadda._reader import get_reader
+    from napari_lmadda.models import UNetGenerator, save_model
+    from napari_lmadda.widgets.state import get_state
+
+    path = save_model(UNetGenerator(num_downs=3, ngf=4, in_channels=3), tmp_path / "rgb.pt")
+    viewer = make_napari_viewer()
+    get_reader(str(path))(str(path))
+    assert get_state(viewer).model is None
+    assert errors and "3 input channels" in errors[0]
+
+
+def test_predict_image_gives_one_line_errors_for_device_and_size(tiny_model_path):
+    from napari_lmadda.errors import ConfigError
+    from napari_lmadda.inference.predict import predict_image
+    from napari_lmadda.models import load_model
+
+    model = load_model(tiny_model_path)
+    with pytest.raises(ConfigError, match="cuda:3"):
+        predict_image(model, np.zeros((32, 32), np.uint16), device="cuda:3")
+    huge = np.broadcast_to(np.zeros(1, np.uint16), (40000, 40000))  # no memory of its own
+    with pytest.raises(ConfigError, match=r"40000x40000 image needs .*GiB.*predict_lazy"):
+        predict_image(model, huge)
+
+
+@pytest.mark.parametrize("layers", [2.5, [2, 2.5], True, "2.5"])
+def test_adapt_layers_must_be_whole_numbers(domains, tiny_model_path, layers):
+    from napari_lmadda.adapt.engine import adapt
+    from napari_lmadda.errors import ConfigError
+    from napari_lmadda.models import load_model
+
+    src, tgt = domains
+    with pytest.raises(ConfigError, match="layers"):
+        adapt(load_model(tiny_model_path), src, tgt, method="lmadda", layers=layers)
