@@ -5,7 +5,6 @@ import json
 import os
 import signal
 
-import numpy as np
 import pytest
 import tifffile
 import torch

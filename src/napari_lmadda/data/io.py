@@ -777,6 +777,36 @@ def _read_series_page(tif: Any, series: SeriesInfo, page_index: int, path: Path)
         raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
 
 
+#: Share of a plane's pixels at the top of its range from which it is reported as saturated.
+SATURATED_FRACTION = 0.01
+
+
+def _warn_saturated(page: np.ndarray, path: Path, plane_index: int | None) -> None:
+    """Warn when many pixels of an integer page sit at the top of its range (clipped light).
+
+    The top is the container's (255, 65535) or that of 10-, 12- or 14-bit data stored in
+    16 bits (a 12-bit camera saturates at 4095). A mask (two values) is not saturated.
+    """
+    if page.dtype.kind not in "ui" or page.size < 64:
+        return
+    top = int(page.max())
+    cap = int(np.iinfo(page.dtype).max)
+    bits = {2**b - 1: b for b in (8, 10, 12, 14, 16, 32) if 2**b - 1 <= cap}
+    if top not in bits:
+        return
+    at_top = int(np.count_nonzero(page == top))
+    if at_top < SATURATED_FRACTION * page.size:
+        return
+    if not np.any((page != top) & (page != page.min())):
+        return  # two values: a mask or a binary image
+    where = f"'{path}'" if plane_index is None else f"'{path}' (plane {plane_index})"
+    warnings.warn(
+        f"{where}: {at_top / page.size:.0%} of the pixels are saturated at {top} (the top of a "
+        f"{bits[top]}-bit range): stains predicted there are unreliable",
+        ImageWarning, stacklevel=3,
+    )
+
+
 def sanitize_plane(
     plane: np.ndarray,
     name: str | os.PathLike[str] = "image",
@@ -872,6 +902,8 @@ def read_plane(
             page = _read_series_page(tif, series, page_index, path)
     else:
         page = _to_pages(_decode_pil(path), series.axes)[0]
+    samples = list(series.channels) if series.colour else [series.channels[within]]
+    _warn_saturated(page[..., samples], path, index if info.n_planes > 1 else None)
     plane = _page_to_planes(page, series, as_grey)[within]
     return sanitize_plane(plane, path, index if info.n_planes > 1 else None)
 
@@ -918,11 +950,14 @@ def read_planes(
                 except Exception as exc:
                     raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
                 for page in _to_pages(arr, series.axes):
+                    _warn_saturated(page[..., list(series.channels)], path,  # alpha left out
+                                    len(planes) if info.n_planes > 1 else None)
                     planes.extend(_page_to_planes(page, series, as_grey))
     else:
         series = info.series[0]
         _check_min_size(series.plane_shape, min_size, path)
         page = _to_pages(_decode_pil(path), series.axes)[0]
+        _warn_saturated(page[..., list(series.channels)], path, None)
         planes = _page_to_planes(page, series, as_grey)
     many = len(planes) > 1
     return [sanitize_plane(p, path, i if many else None) for i, p in enumerate(planes)]

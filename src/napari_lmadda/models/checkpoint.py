@@ -12,12 +12,22 @@ Layout::
      "meta": {"channel_names": [...], "input_percentiles": [lo, hi],
               "target_range": [lo, hi], "provenance": {...}}}
 
-An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
-made by SCGAN) is written as format version 2: ``"arch"`` stays the source UNet's, a
-``"translator"`` record holds the translator's architecture, and the state dict holds
-both networks (``translator.*`` and ``unet.*`` keys). Plain models are still written as
-version 1, so older versions keep reading them; an older version refuses a version-2 file
-with its "written by a newer napari-lmadda" message instead of mis-loading it.
+Format versions (a file is written with the lowest version that can describe it, so older
+readers keep reading what they can, and refuse the rest with their "written by a newer
+napari-lmadda" message instead of mis-loading it):
+
+1. A plain UNet whose outputs map to one ``target_range: [lo, hi]`` for every channel.
+2. An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
+   made by SCGAN): ``"arch"`` stays the source UNet's, a ``"translator"`` record holds the
+   translator's architecture, and the state dict holds both networks (``translator.*`` and
+   ``unet.*`` keys).
+3. A model whose targets were normalised per output channel
+   (:class:`~napari_lmadda.data.normalize.TargetNorm`): ``target_range`` is a list of one
+   ``[lo, hi]`` per channel and ``target_norm`` says how they were chosen and whether
+   decoded predictions are in the targets' units or per-image normalised units. A version-2
+   reader would refuse the per-channel ranges as damaged, or, worse, ignore
+   ``target_norm: {"units": "normalised"}`` and present normalised values as stain units;
+   hence a new version. A ``"translator"`` record may appear in version 3 too.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data.normalize import DEFAULT_PERCENTILES
+from ..data.normalize import DEFAULT_PERCENTILES, TargetNorm
 from ..errors import CheckpointError, ConfigError, LmaddaError
 from ..memory import fmt_bytes, memory_budget
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
@@ -44,6 +54,7 @@ from .unet import NORMS, UNetConfig, UNetGenerator
 __all__ = [
     "FORMAT",
     "validate_architecture",
+    "file_version",
     "DEFAULT_META",
     "save_model",
     "load_model",
@@ -52,8 +63,9 @@ __all__ = [
 ]
 
 FORMAT = "napari-lmadda-model"
-FORMAT_VERSION = 2  # the newest version read; plain models are still written as 1
+FORMAT_VERSION = 3  # the newest version read; each file is written with the lowest that fits
 _TRANSLATED_VERSION = 2
+_TARGET_NORM_VERSION = 3
 DEFAULT_META: dict[str, Any] = {
     "channel_names": None,  # e.g. ["DAPI", "CD29"]; None -> "channel 0", ...
     "input_percentiles": list(DEFAULT_PERCENTILES),
@@ -216,17 +228,30 @@ def save_model(
         )
         for k, v in model.state_dict().items()
     }
+    try:  # a file this project writes is one it can read back
+        TargetNorm.from_meta(m, model.config.out_channels)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot save '{path}': {exc}") from None
     payload = {
         "format": FORMAT,
-        "format_version": 1,
+        "format_version": file_version(m, isinstance(model, TranslatedModel)),
         "arch": model.config.to_dict(),
         "state_dict": sd,
         "meta": _plain(m),
     }
     if isinstance(model, TranslatedModel):
-        payload["format_version"] = _TRANSLATED_VERSION
         payload["translator"] = model.translator.config.to_dict()
     return atomic_torch_save(payload, path)
+
+
+def file_version(meta: Mapping[str, Any], translated: bool = False) -> int:
+    """The lowest format version that describes a model with this metadata (module docs)."""
+    rng = meta.get("target_range")
+    per_channel = (isinstance(rng, list | tuple) and len(rng) > 0
+                   and isinstance(rng[0], list | tuple))
+    if per_channel or meta.get("target_norm") is not None:
+        return _TARGET_NORM_VERSION
+    return _TRANSLATED_VERSION if translated else 1
 
 
 def _plain(obj: Any) -> Any:
@@ -424,7 +449,7 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
             cfg = validate_architecture(obj["arch"], path=path)
             sd = dict(obj["state_dict"])
             meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
-            if version >= _TRANSLATED_VERSION:
+            if version == _TRANSLATED_VERSION or "translator" in obj:
                 tcfg = TranslatorConfig.from_dict(dict(obj["translator"]))
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise CheckpointError(
@@ -602,12 +627,14 @@ def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
             f"'{path}' has invalid input percentiles {meta.get('input_percentiles')!r} "
             "(expected two numbers 0 <= low < high <= 100)"
         )
-    rng = _pair(meta.get("target_range"))
-    if rng is None or rng[0] == rng[1]:
+    try:
+        TargetNorm.from_meta(meta, cfg.out_channels)
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(
-            f"'{path}' has an invalid target range {meta.get('target_range')!r} "
-            "(expected two different numbers)"
-        )
+            f"'{path}' has an invalid target range or normalisation "
+            f"{meta.get('target_range')!r} ({_one_line(exc)}; expected two different numbers, "
+            f"or one such [lo, hi] for each of the {cfg.out_channels} output channel(s))"
+        ) from None
     names = meta.get("channel_names")
     if names is not None and (
         not isinstance(names, list | tuple)
@@ -619,4 +646,4 @@ def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
         )
     if not isinstance(meta.get("provenance"), dict):
         meta["provenance"] = {}
-    meta["input_percentiles"], meta["target_range"] = list(pct), list(rng)
+    meta["input_percentiles"] = list(pct)
