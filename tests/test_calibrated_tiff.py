@@ -170,3 +170,25 @@ def test_evaluate_never_writes_its_json_over_an_input(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and "input" in err and err.count("\n") == 0
         assert target.read_bytes() == before
+
+
+def test_a_calibrated_folder_opens_calibrated_and_exports_calibrated(tmp_path, monkeypatch):
+    """Reader -> napari layer -> writer: the pixel size survives the round trip."""
+    from napari.layers import Image
+
+    import napari_lmadda._reader as reader
+    from napari_lmadda._writer import write_tiff_stacks
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        tifffile.imwrite(folder / f"a{i}.tif", np.full((16, 16), i, np.uint16), imagej=True,
+                         resolution=(1 / 0.325, 1 / 0.325), metadata={"unit": "um"})
+    monkeypatch.setattr(reader, "_notify", lambda kind, msg: None)
+    (data, kwargs, _), = reader.read_folder(str(folder))
+    layer = Image(data, **kwargs)
+    assert tuple(layer.scale) == pytest.approx((1.0, 0.325, 0.325))
+    write_tiff_stacks(str(tmp_path / "out.tif"), [layer.as_layer_data_tuple()])
+    ok, axes, md, size = imagej(tmp_path / "out.tif")
+    assert ok and axes == "ZYX" and md["unit"] == "um"
+    assert size == pytest.approx((0.325, 0.325), rel=1e-4)

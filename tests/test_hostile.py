@@ -206,7 +206,8 @@ def test_predict_streams_a_large_plane_to_ome_zarr_within_the_budget(
     monkeypatch.setenv("LMADDA_MEMORY_BUDGET", str(out_bytes // 2))
     tracemalloc.start()
     report = pdk.predict_folder_dask(model, tmp_path / "in", tmp_path / "out",
-                                     out_format="ome-zarr", scheduler="synchronous", **opts)
+                                     out_format="ome-zarr", scheduler="threads", workers=2,
+                                     **opts)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert not report.skipped, report.skipped
@@ -752,3 +753,29 @@ def test_adapt_layers_must_be_whole_numbers(domains, tiny_model_path, layers):
     src, tgt = domains
     with pytest.raises(ConfigError, match="layers"):
         adapt(load_model(tiny_model_path), src, tgt, method="lmadda", layers=layers)
+
+
+def test_a_killed_ome_zarr_predict_leaves_no_temporary_folder(tmp_path, tiny_model_path):
+    """SIGTERM (kill, timeout, a batch scheduler) cleans up like Ctrl-C."""
+    import signal
+    import time
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    tifffile.imwrite(images / "big.tif", np.random.default_rng(0).integers(
+        0, 4000, (3072, 3072), np.uint16), tile=(256, 256))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_lmadda", "predict", "--model",
+                             str(tiny_model_path), "--images", str(images), "--out", str(out),
+                             "--format", "ome-zarr", "--workers", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and list(out.glob(".*.tmp"))):
+        time.sleep(0.2)
+    assert list(out.glob(".*.tmp")), "the run never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []

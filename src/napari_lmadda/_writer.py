@@ -80,7 +80,9 @@ def _pixel_size(meta: dict, ndim: int) -> dict | None:
     unit = unit_name(units[-1]) if units else None
     if unit is None:
         return None
-    z = float(scale[-3]) if ndim >= 3 and len(scale) >= 3 else None
+    # a stack of files (unit "pixel" on its first axis) has no Z spacing
+    z = (float(scale[-3]) if ndim >= 3 and len(scale) >= 3 and len(units) >= 3
+         and unit_name(units[-3]) == unit else None)
     return {"y": float(scale[-2]), "x": float(scale[-1]), "z": z, "unit": unit}
 
 

@@ -23,7 +23,9 @@ were skipped (unreadable), 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
     make_output_folder(out, "the --out folder")
     runner = DaskRunner(args.scheduler, args.workers)
     threads = _share_cpu_threads(model, runner)
+    stack = contextlib.ExitStack()
+    gen = None
     try:
+        stack.enter_context(_terminate_as_interrupt())
         print(runner.describe(), flush=True)
         gen = iter_predict_folder_dask(
             model, args.images, out, scheduler=runner, out_format=args.out_format,
@@ -147,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
                 break
             print(f"[{done:>{width}}/{total}] {path.name}", flush=True)
     finally:
+        if gen is not None:
+            gen.close()  # an interrupted run removes its temporary files before exiting
+        stack.close()
         runner.close()
         if threads is not None:
             import torch
@@ -156,6 +164,30 @@ def run(args: argparse.Namespace) -> int:
               if args.uncertainty else 0)
     print(report.summary())
     return 1 if report.skipped or failed else 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM (``kill``, ``timeout``, a batch scheduler) like Ctrl-C while predicting.
+
+    Python's default SIGTERM ends the process at once, leaving an OME-Zarr output's
+    temporary folder behind; as a KeyboardInterrupt, the cleanup runs first.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _share_cpu_threads(model, runner) -> int | None:

@@ -457,7 +457,7 @@ def _band_bytes(plan: _Plan, width: int, chunk: int) -> int:
     th, tw, _ = plan.tile_shape
     band = plan.cout * min(chunk, plan.grid.height) * width * 4
     tiles = plan.cout * (min(chunk, plan.grid.height) + 2 * th) * (width + 2 * tw) * 4
-    return band + tiles
+    return 2 * band + tiles  # the band's blocks and the band they are joined into
 
 
 def _stream_plane(runner: DaskRunner, model: Any, model_ref: Any, plane: _Plane, store: Any,
@@ -489,13 +489,12 @@ def _stream_plane(runner: DaskRunner, model: Any, model_ref: Any, plane: _Plane,
             plane.region(*plan.groups[i][2]), plan.groups[i][3], plan.groups[i][4], norm,
             model_ref, amp, device) for i in todo]
         done.update(zip(todo, runner.compute(values)))
-        band = np.empty((plan.cout, y1 - y0, w), np.float32)
-        for x0 in range(0, w, chunk):
-            x1 = min(x0 + chunk, w)
-            band[:, :, x0:x1] = _blend_block((y0, y1, x0, x1), plan.parts(done, over, x0, x1),
-                                             plan.tile_shape, plan.cout, plan.stain)
-        store[(slice(None), *lead, slice(y0, y1), slice(None))] = band
-        del band
+        starts = range(0, w, chunk)
+        blocks = runner.compute([dask.delayed(_blend_block, pure=False)(
+            (y0, y1, x0, min(x0 + chunk, w)), plan.parts(done, over, x0, min(x0 + chunk, w)),
+            plan.tile_shape, plan.cout, plan.stain) for x0 in starts])
+        store[(slice(None), *lead, slice(y0, y1), slice(None))] = np.concatenate(blocks, axis=2)
+        del blocks
         for i in [i for i in done if plan.groups[i][0] + th <= y1]:
             del done[i]  # no later band needs these tiles
     return messages
@@ -600,6 +599,7 @@ class DaskRunner:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         self.client = None
         self._own_client = False
+        self._pool = None
         self.scheduler = scheduler
         self.workers = workers
         if isinstance(scheduler, str) and scheduler in SCHEDULERS:
@@ -637,9 +637,24 @@ class DaskRunner:
         if self.client is not None:
             return list(self.client.compute(list(values), sync=True))
         kw: dict[str, Any] = {"scheduler": self.scheduler}
-        if self.scheduler == "threads" and self.workers:
-            kw["num_workers"] = self.workers
-        return list(dask.compute(*values, **kw))
+        if self.scheduler == "threads":
+            # our own pool: after an interrupt, the tasks still running are waited for
+            # (they write into temporary outputs that are removed next)
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.nthreads, thread_name_prefix="lmadda")
+            kw["pool"] = self._pool
+        try:
+            return list(dask.compute(*values, **kw))
+        except BaseException:
+            self._stop_pool()
+            raise
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -652,7 +667,8 @@ class DaskRunner:
         return f"dask threaded scheduler, {self.nthreads} thread(s)"
 
     def close(self) -> None:
-        """Disconnect from a cluster this runner connected to."""
+        """Stop the local thread pool; disconnect from a cluster this runner connected to."""
+        self._stop_pool()
         if self.client is not None and self._own_client:
             self.client.close()
             self.client = None
