@@ -1254,80 +1254,32 @@ def unit_name(unit: Any) -> str | None:
 
 
 def read_pixel_size(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The pixel size a TIFF declares: ImageJ, OME-XML or TIFF resolution tags.
+    """The pixel size an image declares, as the writers here take it.
+
+    Read by :func:`~napari_lmadda.data.zarr_io.read_calibration` (OME-Zarr ``scale``; TIFF:
+    OME ``PhysicalSize*``, ImageJ's unit with the resolution tags and ``spacing``, or a
+    resolution in centimetres; inch resolutions are screen defaults, ignored).
 
     Parameters
     ----------
     path : path-like
-        An image file (only TIFFs carry a calibration here).
+        An image file or OME-Zarr image.
 
     Returns
     -------
     dict or None
         ``{"y": float, "x": float, "z": float or None, "unit": "um"|...}``, or None when the
-        file is not calibrated (no unit, a 72 or 96 dpi screen default, not a TIFF, or
-        unreadable: the calibration is a courtesy, never a reason to fail).
+        image carries no physical calibration (the calibration is a courtesy, never a
+        reason to fail).
     """
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return None
-    try:
-        tif = _open_tiff(path)
-    except LmaddaError:
-        return None
-    with tif:
-        try:
-            return _ome_pixel_size(tif) or _imagej_or_tag_pixel_size(tif)
-        except Exception:  # a damaged tag: no calibration
-            return None
+    from .zarr_io import read_calibration
 
-
-def _ome_pixel_size(tif: Any) -> dict[str, Any] | None:
-    if not tif.is_ome:
+    cal = read_calibration(path)
+    unit = unit_name(cal.unit) if cal is not None else None
+    if unit is None:
         return None
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(tif.ome_metadata)
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None or pixels.get("PhysicalSizeX") is None:
-        return None
-    x = float(pixels.get("PhysicalSizeX"))
-    y = float(pixels.get("PhysicalSizeY", x))
-    z = pixels.get("PhysicalSizeZ")
-    unit = unit_name(pixels.get("PhysicalSizeXUnit", "µm"))
-    if not unit or not (x > 0 and y > 0):
-        return None
-    return {"y": y, "x": x, "z": float(z) if z else None, "unit": unit}
-
-
-def _imagej_or_tag_pixel_size(tif: Any) -> dict[str, Any] | None:
-    page = tif.pages[0]
-    tags = page.tags
-    if "XResolution" not in tags:
-        return None
-    xn, xd = tags["XResolution"].value
-    yn, yd = tags["YResolution"].value if "YResolution" in tags else (xn, xd)
-    if not (xn and yn and xd and yd):
-        return None
-    xres, yres = xn / xd, yn / yd  # pixels per unit
-    z = None
-    if tif.is_imagej:
-        md = tif.imagej_metadata or {}
-        unit = unit_name(md.get("unit"))
-        z = md.get("spacing")
-        scale = 1.0
-    else:
-        code = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-        if code == 3:
-            unit, scale = "um", 1e4  # pixels per centimetre
-        elif code == 2 and round(xres) not in (72, 96):
-            unit, scale = "um", 25400.0  # pixels per inch (72/96 dpi: a screen default)
-        else:
-            return None
-    if not unit:
-        return None
-    return {"y": scale / yres, "x": scale / xres,
-            "z": float(z) if z else None, "unit": unit}
+    return {"y": float(cal.y), "x": float(cal.x),
+            "z": None if cal.z is None else float(cal.z), "unit": unit}
 
 
 def read_tiff_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

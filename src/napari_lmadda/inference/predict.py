@@ -442,7 +442,8 @@ def prediction_metadata(model, source: Path | str, axes: str,
     cout = int(model.config.out_channels)
     norm = target_norm(model)
     return {
-        "source_image": Path(source).name,
+        # a path gives its file name; a str is the name itself (an HCS field: plate/A/1/0)
+        "source_image": source.name if isinstance(source, Path) else str(source),
         "channels": list(meta.get("channel_names") or [f"channel{i}" for i in range(cout)]),
         "axes": axes,
         "units": norm.units,

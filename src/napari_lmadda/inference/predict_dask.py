@@ -723,14 +723,15 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
         The inputs; the project's own predictions in a folder are left out (with a warning).
     """
     from ..data.io import EmptyFolderError, _natural_key, list_images
-    from ..data.zarr_io import is_zarr_image
+    from ..data.zarr_io import is_zarr_image, zarr_inputs, zarr_stem
 
     root = Path(images).expanduser()
     if is_zarr_image(root):
-        return [root]
+        return zarr_inputs(root)  # an HCS plate or well: its fields
     if not root.is_dir():
         return list_images(root)
-    zarrs = [p for p in root.iterdir() if not p.name.startswith(".") and is_zarr_image(p)]
+    zarrs = [f for p in root.iterdir() if not p.name.startswith(".") and is_zarr_image(p)
+             for f in zarr_inputs(p)]
     try:
         files = list_images(root)
     except EmptyFolderError:
@@ -740,7 +741,8 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
     files = drop_predictions(files, root)
     if not files and not zarrs:
         raise EmptyFolderError(f"no images in '{root}' other than napari-lmadda predictions")
-    return sorted([*files, *zarrs], key=lambda p: _natural_key(p.name))
+    return sorted([*files, *zarrs],
+                  key=lambda p: _natural_key(zarr_stem(p) if is_zarr_image(p) else p.name))
 
 
 def _naming_path(p: Path) -> Path:
@@ -851,7 +853,7 @@ def iter_predict_folder_dask(
     import dask.array as da
 
     from ..data.io import ImageWarning, read_pixel_size
-    from ..data.zarr_io import OmeZarrWriter
+    from ..data.zarr_io import OmeZarrWriter, read_calibration, source_name
 
     t0 = time.perf_counter()
     _check_options(tile, overlap, batch_size, chunk, amp)
@@ -900,7 +902,8 @@ def iter_predict_folder_dask(
                 h, w = planes[0].shape
                 shape = (cout, h, w) if len(planes) == 1 else (cout, len(planes), h, w)
                 zchunks = (1, *([1] if len(shape) == 4 else []), chunk, chunk)
-                writer = OmeZarrWriter(target, shape, zchunks, names, overwrite=overwrite)
+                writer = OmeZarrWriter(target, shape, zchunks, names, overwrite=overwrite,
+                                       calibration=read_calibration(path))
                 if all(pl.read is None for pl in planes) and (
                         3 * cout * h * w * 4 > budget or h * w >= LAZY_PIXELS):
                     # too large to compute whole: band by band, straight into the store
@@ -934,14 +937,15 @@ def iter_predict_folder_dask(
         n = job.n_planes
         pixel_size = read_pixel_size(job.path)
         if job.writer is not None:
-            md = prediction_metadata(model, job.path, "CYX" if n == 1 else "CZYX", metadata)
+            md = prediction_metadata(model, source_name(job.path), "CYX" if n == 1 else "CZYX",
+                                     metadata)
             if pixel_size is not None:
                 md["pixel_size"] = pixel_size
             return job.writer.commit(md, window=list(zip(stain.lo, stain.hi)))
         preds = job.result[0]
         arr = preds[0] if n == 1 else np.stack(preds)
-        return write_prediction(model, job.target, arr, job.path, overwrite=overwrite,
-                                metadata=metadata, pixel_size=pixel_size)
+        return write_prediction(model, job.target, arr, source_name(job.path),
+                                overwrite=overwrite, metadata=metadata, pixel_size=pixel_size)
 
     def settle(jobs: list[_Job]) -> Iterator[tuple[int, int, Path]]:
         """Write (or skip) computed jobs, in order; yield progress after each."""
