@@ -203,7 +203,7 @@ def test_predict_streams_a_large_plane_to_ome_zarr_within_the_budget(
     out_bytes = 2 * img.size * 4  # the 2-channel float32 prediction: 6 MiB
     opts = dict(tile=64, overlap=8, chunk=128)
     whole = pdk.predict_lazy(model, img, **opts).compute(scheduler="synchronous")
-    monkeypatch.setenv("LMADDA_MEMORY_BUDGET", str(out_bytes // 2))
+    monkeypatch.setenv("LMADDA_MEMORY_BUDGET", str(out_bytes * 2 // 3))
     tracemalloc.start()
     report = pdk.predict_folder_dask(model, tmp_path / "in", tmp_path / "out",
                                      out_format="ome-zarr", scheduler="threads", workers=2,
