@@ -1,9 +1,12 @@
 """``lmadda train-source``: supervised (pix2pix-style) training of the source model G.
 
-Inputs and targets are paired by file name. Inputs are percentile-normalised per image;
-targets are mapped from the fixed range ``TARGET_RANGE`` to the network range, so a target of
-0 sits a little above -1 and a sparse stain does not push tanh into saturation. The range is
-stored in the model file, and prediction maps the output back to target units with it.
+Inputs and targets are paired by file name. Inputs are percentile-normalised per image.
+Targets of any kind (8- or 16-bit, 12-bit in 16, float of any range, negative or z-scored)
+are encoded with a normalisation learned from the training files (``--target-norm``,
+default ``dataset``: robust percentiles over the whole set per channel), which is stored in
+the model file so predictions come back in the target's own units. Targets the model cannot
+produce and constant or saturated inputs are named before training starts; a validation
+Pearson still near 0 after a few evaluations is reported with its likely causes.
 
 A validation split is held out *by file* (patches of one image never land on both sides),
 and the model with the best validation Pearson is written to ``--out`` (the last state to
@@ -17,16 +20,29 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..data.datasets import PairedDataset, PlaneDataset
-from ..training.source import TARGET_RANGE
+from ..data.augment import AUGMENT_PRESETS, describe_preset
+from ..data.normalize import DEFAULT_TARGET_PERCENTILES, TARGET_MODES
+from ..training.data import split_by_file  # noqa: F401 - re-exported (older imports)
+from ..training.source import SIZE_PRESETS
 
 NAME = "train-source"
 HELP = (
     "Train the source model G on paired images (input folder + one folder per output "
     "channel, files matched by name)."
 )
+
+
+def _size_help() -> str:
+    parts = []
+    for name, p in SIZE_PRESETS.items():
+        t = p.get("seconds_per_1000")
+        when = f", {t / 60:.0f} min per 1000 steps on 1 CPU core" if t else ""
+        parts.append(f"{name} = UNet depth {p['num_downs']}, {p['ngf']} filters, "
+                     f"{p['patch']} px patches{when}")
+    return ("model and patch size: " + "; ".join(parts)
+            + ". auto = large on a CUDA GPU, small otherwise (auto). --num-downs, --ngf, "
+            "--patch and --batch override the preset")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``train-source`` to its parser."""
@@ -39,16 +55,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "goes to MODEL_last.pt)")
     parser.add_argument("--channel-names", default=None, metavar="DAPI,CD29",
                         help="names of the output channels (default: the target folder names)")
+    parser.add_argument("--size", default="auto", choices=("auto", *SIZE_PRESETS),
+                        help=_size_help())
+    parser.add_argument("--augment", default="basic", choices=AUGMENT_PRESETS,
+                        help="training augmentation: " + "; ".join(
+                            f"{n} = {describe_preset(n)}" for n in AUGMENT_PRESETS)
+                        + " (basic)")
+    parser.add_argument("--target-norm", default="dataset", choices=TARGET_MODES,
+                        help="how targets are encoded: dataset = robust percentiles over all "
+                        "training targets per channel (predictions in the targets' units); "
+                        "image = each target by its own percentiles (CARE-style; predictions "
+                        "in normalised units); fixed = --target-range (dataset)")
+    parser.add_argument("--target-percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        default=list(DEFAULT_TARGET_PERCENTILES),
+                        help="percentiles of the dataset and image target normalisation "
+                        f"({DEFAULT_TARGET_PERCENTILES[0]:g} {DEFAULT_TARGET_PERCENTILES[1]:g})")
+    parser.add_argument("--target-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        default=None, help="target values of --target-norm fixed (0 1)")
     parser.add_argument("--steps", type=int, default=2000, help="training steps (2000)")
-    parser.add_argument("--batch", type=int, default=8, help="patches per step (8)")
-    parser.add_argument("--patch", type=int, default=256,
-                        help="patch side, a multiple of 2**num-downs (256)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="patches per step (from --size: 8)")
+    parser.add_argument("--patch", type=int, default=None,
+                        help="patch side, a multiple of 2**num-downs (from --size)")
     parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (2e-4)")
     parser.add_argument("--lambda-gan", type=float, default=0.0,
                         help="weight of the conditional PatchGAN loss; 0 = L1 only (0)")
-    parser.add_argument("--num-downs", type=int, default=8,
-                        help="UNet depth: 8 = pix2pix unet_256, 7 = unet_128 (8)")
-    parser.add_argument("--ngf", type=int, default=64, help="filters of the first layer (64)")
+    parser.add_argument("--num-downs", type=int, default=None,
+                        help="UNet depth: 8 = pix2pix unet_256, 7 = unet_128 (from --size)")
+    parser.add_argument("--ngf", type=int, default=None,
+                        help="filters of the first layer (from --size)")
     parser.add_argument("--norm", choices=("batch", "instance", "none"), default="batch",
                         help="normalisation layers (batch)")
     parser.add_argument("--val-fraction", type=float, default=0.2,
@@ -63,85 +98,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
-class _Subset(PlaneDataset):
-    """The planes ``indices`` of another dataset (already normalised by it)."""
-
-    def __init__(self, parent: PlaneDataset, indices: list[int]) -> None:
-        super().__init__(normalize=None, cache_size=0)
-        self.parent, self.indices = parent, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.parent[self.indices[self._check_index(index)]]
-
-    def shape(self, index: int) -> tuple[int, int]:
-        return self.parent.shape(self.indices[index])
-
-    def name(self, index: int) -> str:
-        return self.parent.name(self.indices[index])
-
-    def path(self, index: int) -> Path | None:
-        return self.parent.path(self.indices[index])  # type: ignore[attr-defined]
-
-
-def split_by_file(
-    pairs: PairedDataset, val_fraction: float, seed: int
-) -> tuple[PairedDataset, PairedDataset | None, list[str]]:
-    """Split a paired dataset into training and validation parts by file.
-
-    Parameters
-    ----------
-    pairs : PairedDataset
-        All pairs.
-    val_fraction : float
-        Fraction of the files held out (at least one file when there are two or more).
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    train, val : PairedDataset
-        ``val`` is None when there is a single file.
-    val_files : list of str
-        Names of the held-out files.
-    """
-    from ..errors import ConfigError
-
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    files: dict[str, list[int]] = {}
-    for i in range(len(pairs)):
-        p = pairs.path(i)
-        files.setdefault(str(p) if p is not None else pairs.name(i), []).append(i)
-    keys = list(files)
-    if len(keys) < 2 or val_fraction == 0:
-        return pairs, None, []
-    order = np.random.default_rng(seed).permutation(len(keys))
-    n_val = min(len(keys) - 1, max(1, int(round(val_fraction * len(keys)))))
-    val_keys = {keys[i] for i in order[:n_val]}
-
-    def subset(keep: list[int]) -> PairedDataset:
-        targets = [_Subset(t, keep) for t in pairs.targets]
-        return PairedDataset(_Subset(pairs.inputs, keep), targets)
-
-    train_idx = [i for k in keys if k not in val_keys for i in files[k]]
-    val_idx = [i for k in keys if k in val_keys for i in files[k]]
-    return subset(train_idx), subset(val_idx), sorted(Path(k).name for k in val_keys)
-
-
 def run(args: argparse.Namespace) -> int:
     """Train, print a line per validation, and write the model files."""
     import time
 
     from ..adapt.events import Evaluated, Started, Step, StopReason
-    from ..adapt.sampling import check_patch_fits
-    from ..data.datasets import PairedFolders, PatchSampler
+    from ..devices import resolve_device
     from ..errors import ConfigError
     from ..models.checkpoint import save_model
     from ..models.unet import UNetConfig
-    from ..training import SourceTrainConfig, train_source
+    from ..training import (
+        NotLearning,
+        SourceTrainConfig,
+        TimeEstimate,
+        prepare_training,
+        size_preset,
+        train_source,
+    )
     from ._common import (
         cancel_on_sigint,
         check_folder,
@@ -153,10 +126,8 @@ def run(args: argparse.Namespace) -> int:
     for folder in [args.inputs, *args.targets]:
         check_folder(folder, "--inputs" if folder is args.inputs else "--targets")
     out = check_new_file(args.out, "--out", args.overwrite)
-    if args.channel_names:
-        names = [s.strip() for s in args.channel_names.split(",") if s.strip()]
-    else:
-        names = [Path(t).name for t in args.targets]
+    names = ([s.strip() for s in args.channel_names.split(",") if s.strip()]
+             if args.channel_names else [Path(t).name for t in args.targets])
     if len(names) != len(args.targets):
         raise ConfigError(
             f"{len(names)} channel name(s) ({', '.join(names)}) for {len(args.targets)} "
@@ -164,40 +135,54 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.val_patches < 1:
         raise ConfigError(f"--val-patches must be >= 1, got {args.val_patches}")
-    arch = UNetConfig(in_channels=1, out_channels=len(names), num_downs=args.num_downs,
-                      ngf=args.ngf, norm=args.norm)
+    if args.target_range is not None and args.target_norm != "fixed":
+        raise ConfigError("--target-range applies to --target-norm fixed only")
+    device = str(resolve_device(args.device))
+    size_name, preset = size_preset(args.size, device)
+    num_downs = args.num_downs if args.num_downs is not None else preset["num_downs"]
+    ngf = args.ngf if args.ngf is not None else preset["ngf"]
+    patch = args.patch if args.patch is not None else preset["patch"]
+    batch = args.batch if args.batch is not None else preset["batch"]
+    arch = UNetConfig(in_channels=1, out_channels=len(names), num_downs=num_downs,
+                      ngf=ngf, norm=args.norm)
     eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 20)
-    cfg = SourceTrainConfig(steps=args.steps, batch_size=args.batch, patch_size=args.patch,
+    cfg = SourceTrainConfig(steps=args.steps, batch_size=batch, patch_size=patch,
                             lr=args.lr, lambda_gan=args.lambda_gan, eval_every=eval_every,
                             seed=args.seed, device=args.device)
-    if args.patch % 2**args.num_downs:
+    if patch % 2**num_downs:
         raise ConfigError(
-            f"--patch {args.patch} must be a multiple of {2**args.num_downs} (2**--num-downs)"
+            f"--patch {patch} must be a multiple of {2**num_downs} (2**--num-downs)"
         )
 
-    pairs = PairedFolders(args.inputs, args.targets, target_normalize="fixed",
-                          target_range=TARGET_RANGE, on_unmatched="warn")
-    check_patch_fits(pairs, args.patch, "input")
-    train, val, val_files = split_by_file(pairs, args.val_fraction, args.seed)
-    if val is None:
+    data = prepare_training(
+        args.inputs, args.targets, channel_names=names, target_norm=args.target_norm,
+        target_percentiles=tuple(args.target_percentiles),
+        target_range=tuple(args.target_range) if args.target_range else None,
+        augment=args.augment, patch_size=patch, batch_size=batch,
+        val_fraction=args.val_fraction, val_patches=args.val_patches, seed=args.seed)
+    if not data.val_files:
         print("warning: a single input file; validating on training patches", flush=True)
-        val = train
-    sampler = PatchSampler(train, args.patch, args.batch, seed=args.seed, augment=True)
-    val_batch = PatchSampler(val, args.patch, args.val_patches, seed=args.seed + 1).sample()
-    meta: dict[str, Any] = {
-        "channel_names": names,
-        "input_percentiles": list(pairs.inputs.percentiles),
-        "target_range": list(TARGET_RANGE),
-        "provenance": {
-            "inputs": str(args.inputs),
-            "targets": [str(t) for t in args.targets],
-            "n_pairs": len(pairs),
-            "val_files": val_files,
-        },
-    }
-    print(f"training on {len(train)} plane(s), validating on {len(val)} "
-          f"({len(val_files)} held-out file(s)); {len(names)} output channel(s): "
+    tn = data.target_norm
+    print(f"training on {data.n_train} plane(s), validating on {data.n_val} "
+          f"({len(data.val_files)} held-out file(s)); {len(names)} output channel(s): "
           f"{', '.join(names)}", flush=True)
+    units = "normalised units (per image)" if tn.units == "normalised" else "target units"
+    print(f"targets encoded '{tn.mode}': " + ", ".join(
+        f"{n} {lo:g}..{hi:g}" for n, lo, hi in zip(names, tn.lo, tn.hi))
+        + f" -> network -1..1; predictions in {units}", flush=True)
+    hints = []
+    for line in data.warnings():
+        print(f"warning: {line}", flush=True)
+    if data.target_problems:
+        worst = max(data.target_problems, key=lambda p: p.outside)
+        hints.append(f"targets outside what the model can produce, e.g. '{worst.name}' "
+                     f"({100 * worst.outside:.0f} % of its pixels): use --target-norm dataset")
+    t_pre = preset.get("seconds_per_1000") if (num_downs, ngf, patch, batch) == (
+        preset["num_downs"], preset["ngf"], preset["patch"], preset["batch"]) else None
+    print(f"size '{size_name}': UNet depth {num_downs}, {ngf} filters, {patch} px patches, "
+          f"batch {batch}; augmentation '{args.augment}'"
+          + (f"; measured on one CPU core: {fmt_duration(t_pre * args.steps / 1000)} for "
+             f"{args.steps} steps" if t_pre and device == "cpu" else ""), flush=True)
 
     make_parent(out, "--out")
     last: dict[str, Any] = {}
@@ -207,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
             last["t0"] = time.perf_counter()
             print(f"{ev.trainable_params:,} parameters on {ev.device}; {ev.total_steps} steps, "
                   f"validation every {eval_every}", flush=True)
+        elif isinstance(ev, TimeEstimate):
+            print(ev.message(), flush=True)
+        elif isinstance(ev, NotLearning):
+            print(f"warning: {ev.message()}", flush=True)
         elif isinstance(ev, Step):
             last["step"] = ev
         elif isinstance(ev, Evaluated):
@@ -219,9 +208,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"step {ev.step:>6}/{cfg.steps}  L1 {loss}  val Pearson {ev.criterion:.4f} "
                   f"({per_ch}){'  *best*' if ev.is_best else ''}  left {eta}", flush=True)
 
+    meta = {**data.meta, "provenance": {**data.meta["provenance"], "size": size_name}}
     with cancel_on_sigint("training") as cancel:
-        result = train_source(sampler, (val_batch[0], val_batch[1]), arch=arch, config=cfg,
-                              meta=meta, out=out, cancel=cancel, callback=show)
+        result = train_source(data.sampler, data.val, arch=arch, config=cfg, meta=meta,
+                              out=out, cancel=cancel, callback=show, hints=hints)
     elapsed = time.perf_counter() - last.get("t0", time.perf_counter())
     if result.best_step == 0:
         print(f"stopped ({result.reason.value}) before the first validation; no model written")
@@ -229,4 +219,7 @@ def run(args: argparse.Namespace) -> int:
     save_model(result.model, out)  # the best state, with the complete provenance
     print(f"{result.reason.value} in {fmt_duration(elapsed)}: best validation Pearson "
           f"{result.best_pearson:.4f} at step {result.best_step}; wrote {out}")
+    if result.not_learning is not None:
+        print("warning: the model written did not learn (see above); do not adapt or "
+              "predict with it before fixing the cause")
     return 0 if result.reason is StopReason.COMPLETED else 1
