@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.augment import AUGMENT_PRESETS, describe_preset
 from ..data.normalize import DEFAULT_TARGET_PERCENTILES, TARGET_MODES
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 from ..training.data import split_by_file  # noqa: F401 - re-exported (older imports)
 from ..training.source import SIZE_PRESETS
 
@@ -40,62 +43,75 @@ def _size_help() -> str:
         parts.append(f"{name} = UNet depth {p['num_downs']}, {p['ngf']} filters, "
                      f"{p['patch']} px patches{when}")
     return ("model and patch size: " + "; ".join(parts)
-            + ". auto = large on a CUDA GPU, small otherwise (auto). --num-downs, --ngf, "
+            + ". auto = large on a CUDA GPU, small otherwise. --num-downs, --ngf, "
             "--patch and --batch override the preset")
 
 
+def _float_pair(text: str) -> tuple[float, float]:
+    """``"0.1,99.9"`` -> ``(0.1, 99.9)`` for argparse."""
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH, got {text!r}") from None
+    return a, b
+
+
+@dataclass(kw_only=True)
+class TrainSourceArgs:
+    """The options of ``train-source``."""
+
+    inputs: Path = option(help="folder of input images", flag="--inputs")
+    targets: list[Path] = option(help="folder of target images of one output channel; repeat "
+                                 "the option for several channels", flag="--targets",
+                                 repeat=True)
+    out: Path = option(help="model file to write (best validation state; the last state goes "
+                       "to MODEL_last.pt)", flag="--out", metavar="MODEL.pt")
+    channel_names: str | None = option(None, "names of the output channels",
+                                       flag="--channel-names", metavar="DAPI,CD29",
+                                       default_text="default: the target folder names")
+    size: str = option("auto", _size_help(), flag="--size", choices=("auto", *SIZE_PRESETS))
+    augment: str = option("basic", "training augmentation: " + "; ".join(
+        f"{n} = {describe_preset(n)}" for n in AUGMENT_PRESETS), flag="--augment",
+        choices=AUGMENT_PRESETS)
+    target_norm: str = option(
+        "dataset", "how targets are encoded: dataset = robust percentiles over all training "
+        "targets per channel (predictions in the targets' units); image = each target by its "
+        "own percentiles (CARE-style; predictions in normalised units); fixed = "
+        "--target-range", flag="--target-norm", choices=TARGET_MODES)
+    target_percentiles: tuple[float, float] = option(
+        DEFAULT_TARGET_PERCENTILES, "percentiles of the dataset and image target "
+        "normalisation", flag="--target-percentiles", metavar="LOW,HIGH",
+        cli_type=_float_pair, default_text="0.1,99.9")
+    target_range: tuple[float, float] | None = option(
+        None, "target values of --target-norm fixed", flag="--target-range", metavar="LO,HI",
+        cli_type=_float_pair, default_text="0,1")
+    steps: int = option(2000, "training steps", flag="--steps")
+    batch: int | None = option(None, "patches per step", flag="--batch",
+                               default_text="from --size: 8")
+    patch: int | None = option(None, "patch side, a multiple of 2**num-downs", flag="--patch",
+                               default_text="from --size")
+    lr: float = option(2e-4, "Adam learning rate", flag="--lr", default_text="2e-4")
+    lambda_gan: float = option(0.0, "weight of the conditional PatchGAN loss; 0 = L1 only",
+                               flag="--lambda-gan")
+    num_downs: int | None = option(None, "UNet depth: 8 = pix2pix unet_256, 7 = unet_128",
+                                   flag="--num-downs", default_text="from --size")
+    ngf: int | None = option(None, "filters of the first layer", flag="--ngf",
+                             default_text="from --size")
+    norm: str = option("batch", "normalisation layers", flag="--norm",
+                       choices=("batch", "instance", "none"))
+    val_fraction: float = option(0.2, "fraction of the files held out for validation",
+                                 flag="--val-fraction")
+    val_patches: int = option(32, "fixed validation patches", flag="--val-patches")
+    eval_every: int | None = option(None, "steps between validations", flag="--eval-every",
+                                    default_text="default: steps/20, at least 1")
+    seed: int = option(0, "seed of initialisation, split and sampling", flag="--seed")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
+    overwrite: bool = option(False, "replace an existing --out", flag="--overwrite")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``train-source`` to its parser."""
-    parser.add_argument("--inputs", type=Path, required=True, help="folder of input images")
-    parser.add_argument("--targets", type=Path, action="append", required=True,
-                        help="folder of target images of one output channel; repeat the "
-                        "option for several channels")
-    parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt",
-                        help="model file to write (best validation state; the last state "
-                        "goes to MODEL_last.pt)")
-    parser.add_argument("--channel-names", default=None, metavar="DAPI,CD29",
-                        help="names of the output channels (default: the target folder names)")
-    parser.add_argument("--size", default="auto", choices=("auto", *SIZE_PRESETS),
-                        help=_size_help())
-    parser.add_argument("--augment", default="basic", choices=AUGMENT_PRESETS,
-                        help="training augmentation: " + "; ".join(
-                            f"{n} = {describe_preset(n)}" for n in AUGMENT_PRESETS)
-                        + " (basic)")
-    parser.add_argument("--target-norm", default="dataset", choices=TARGET_MODES,
-                        help="how targets are encoded: dataset = robust percentiles over all "
-                        "training targets per channel (predictions in the targets' units); "
-                        "image = each target by its own percentiles (CARE-style; predictions "
-                        "in normalised units); fixed = --target-range (dataset)")
-    parser.add_argument("--target-percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=list(DEFAULT_TARGET_PERCENTILES),
-                        help="percentiles of the dataset and image target normalisation "
-                        f"({DEFAULT_TARGET_PERCENTILES[0]:g} {DEFAULT_TARGET_PERCENTILES[1]:g})")
-    parser.add_argument("--target-range", type=float, nargs=2, metavar=("LO", "HI"),
-                        default=None, help="target values of --target-norm fixed (0 1)")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (2000)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="patches per step (from --size: 8)")
-    parser.add_argument("--patch", type=int, default=None,
-                        help="patch side, a multiple of 2**num-downs (from --size)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (2e-4)")
-    parser.add_argument("--lambda-gan", type=float, default=0.0,
-                        help="weight of the conditional PatchGAN loss; 0 = L1 only (0)")
-    parser.add_argument("--num-downs", type=int, default=None,
-                        help="UNet depth: 8 = pix2pix unet_256, 7 = unet_128 (from --size)")
-    parser.add_argument("--ngf", type=int, default=None,
-                        help="filters of the first layer (from --size)")
-    parser.add_argument("--norm", choices=("batch", "instance", "none"), default="batch",
-                        help="normalisation layers (batch)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="fraction of the files held out for validation (0.2)")
-    parser.add_argument("--val-patches", type=int, default=32,
-                        help="fixed validation patches (32)")
-    parser.add_argument("--eval-every", type=int, default=None,
-                        help="steps between validations (default: steps/20, at least 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, split and "
-                        "sampling (0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    """Add the options of ``train-source`` to its parser (:class:`TrainSourceArgs`)."""
+    add_arguments_of(parser, TrainSourceArgs)
 
 
 def run(args: argparse.Namespace) -> int:
