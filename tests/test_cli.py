@@ -13,7 +13,7 @@ import torch
 from napari_lmadda.cli import main
 from napari_lmadda.data.io import read_tiff_metadata
 from napari_lmadda.data.synthetic import write_domain
-from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, save_model
+from napari_lmadda.models import UNetGenerator, read_checkpoint, save_model
 
 TINY = ["--batch", "2", "--patch", "32", "--device", "cpu"]
 
