@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -230,6 +232,21 @@ def run_one(out: Path, case: str, source: str, method: str, layer: int | str | N
     return None
 
 
+def is_done(out: Path, case: str, source: str, method: str, layer: int | str | None,
+            seed: int, tag: str = "") -> bool:
+    """True when the run is in runs.jsonl or claimed by a worker (no images loaded)."""
+    if layer == "rec":
+        path = recommend_path(out, case, source)
+        if not path.exists():
+            return False
+        layer = json.loads(path.read_text())["recommended"]
+        if layer is None:
+            return True  # "no adaptation needed": LM-ADDA at the recommendation = none
+    key = (case, source, method, layer if method == "lmadda" else None, int(seed), tag)
+    name = "_".join(str(k) for k in key).replace(":", "-").replace("/", "-")
+    return (out / "claims" / name).exists() or key in {_key(r) for r in read_runs(out)}
+
+
 def parse_plan(text: str) -> list[tuple[str, str, str, int | str | None, int]]:
     """``case,source,method,layer,seed`` per line (layer: a number, ``rec`` or ``-``)."""
     plan = []
@@ -247,19 +264,103 @@ def parse_plan(text: str) -> list[tuple[str, str, str, int | str | None, int]]:
 def cmd_work(args: argparse.Namespace) -> None:
     """Work through a plan file; several workers may share it (runs are claimed)."""
     out = Path(args.out)
-    plan = parse_plan(Path(args.plan).read_text())
     cache: dict[str, dict] = {}
-    for case, source, method, layer, seed in plan:
-        if source != "plain" and not Path(str(source_model_path(out, case, source))).exists():
-            print(f"skip {case} {source}: source model not trained yet", flush=True)
-            continue
-        if case not in cache:
-            cache.clear()  # one case's images in memory at a time
-            cache[case] = load_case(case)
-        try:
-            run_one(out, case, source, method, layer, seed, cache[case], args.tag)
-        except Exception as exc:  # keep the worker going; the error is in the log
-            print(f"FAILED {case} {source} {method} {layer} {seed}: {exc!r}", flush=True)
+    while True:  # the plan is re-read every pass: edit it to reprioritise a running worker
+        plan = parse_plan(Path(args.plan).read_text())
+        ran = waiting = 0
+        for case, source, method, layer, seed in plan:
+            model = source_model_path(out, case, source)
+            if model != "demo" and not Path(str(model)).exists():
+                waiting += 1
+                continue
+            if is_done(out, case, source, method, layer, seed, args.tag):
+                continue
+            if case not in cache:
+                cache.clear()  # one case's images in memory at a time
+                cache[case] = load_case(case)
+            try:
+                ran += run_one(out, case, source, method, layer, seed, cache[case],
+                               args.tag) is not None
+            except Exception as exc:  # keep the worker going; the error is in the log
+                print(f"FAILED {case} {source} {method} {layer} {seed}: {exc!r}", flush=True)
+            if ran:
+                break  # back to the top: a higher-priority run may have become possible
+        if not ran and (not waiting or not args.wait):
+            print(f"plan done ({waiting} run(s) still waiting for a source model)", flush=True)
+            return
+        if not ran:
+            time.sleep(60)
+
+
+def _fmt(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    if not vals:
+        return "-"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return f"{med:.3f} (1 seed)"
+    return f"{med:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
+
+
+def _oracle(case: str) -> float | None:
+    if case.startswith("real:"):
+        import real_cases  # noqa: PLC0415
+
+        path = real_cases.OUT / f"oracle_{case.split(':', 1)[1]}.json"
+        key = None
+    else:
+        path, key = QUALITY / f"oracle_{case}.json", "CD29"
+    if not path.exists():
+        return None
+    scores = json.loads(path.read_text())["pearson"]
+    return float(scores[key] if key else next(iter(scores.values())))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """The table "Augment, adapt, or both?" (markdown) from runs.jsonl."""
+    out = Path(args.out)
+    rows = [r for r in read_runs(out) if r.get("tag", "") == args.tag]
+    cases = [c for c in (*SYNTH_SHIFTS, *sorted({r["case"] for r in rows
+                                                if r["case"].startswith("real:")}))
+             if any(r["case"] == c for r in rows)]
+    md = ["| shift | source model | no adaptation | AdaBN | LM-ADDA, recommended layer "
+          "(label-free) | LM-ADDA, best layer by labels (reference) | oracle |",
+          "|---|---|---|---|---|---|---|"]
+    for case in cases:
+        key = "CD29" if not case.startswith("real:") else None
+        for source in ("plain", "robust"):
+            rs = [r for r in rows if r["case"] == case and r["source"] == source]
+            if not rs:
+                continue
+
+            def vals(method, layer=None, rs=rs, key=key):
+                return [(r["pearson"][key] if key else next(iter(r["pearson"].values())))
+                        for r in rs if r["method"] == method
+                        and (layer is None or r["layer"] == layer)]
+
+            rec_path = recommend_path(out, case, source)
+            rec = json.loads(rec_path.read_text())["recommended"] if rec_path.exists() \
+                else "?"
+            layers = sorted({r["layer"] for r in rs if r["method"] == "lmadda"})
+            med = {la: statistics.median(vals("lmadda", la)) for la in layers}
+            best = max(med, key=med.get) if med else None
+            if rec is None:
+                rec_cell = "none needed (= no adaptation)"
+            elif rec == "?" or rec not in layers:
+                rec_cell = f"L{rec}: not run"
+            else:
+                rec_cell = f"L{rec}: {_fmt(vals('lmadda', rec))}"
+            best_cell = (f"L{best}: {_fmt(vals('lmadda', best))} (of L"
+                         + ",".join(str(la) for la in layers) + ")") if best else "-"
+            oracle = _oracle(case)
+            none = vals("none")
+            md.append(f"| {case.replace('real:', 'real ')} | {source} | "
+                      f"{f'{none[0]:.3f}' if none else '-'} | "
+                      f"{_fmt(vals('adabn'))} | {rec_cell} | {best_cell} | "
+                      f"{'-' if oracle is None else f'{oracle:.3f}'} |")
+    text = "\n".join(md) + "\n"
+    (out / "report.md").write_text(text)
+    print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,13 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("work", help="run the plan's runs not done yet (claims each run)")
     w.add_argument("--plan", required=True, help="file: case,source,method,layer,seed per line")
     w.add_argument("--tag", default="")
-    for s in (t, w):
+    w.add_argument("--wait", action="store_true",
+                   help="wait for source models still being trained instead of finishing")
+    rep = sub.add_parser("report", help="the table, from runs.jsonl")
+    rep.add_argument("--tag", default="")
+    for s in (t, w, rep):
         s.add_argument("--out", default=str(OUT))
         s.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"train-synthetic": cmd_train_synthetic, "work": cmd_work}[args.cmd](args)
+    {"train-synthetic": cmd_train_synthetic, "work": cmd_work,
+     "report": cmd_report}[args.cmd](args)
     return 0
 
 

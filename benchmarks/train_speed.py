@@ -2,8 +2,9 @@
 
 Runs a few real training steps (L1, Adam, batch of the preset's size and patch) per preset on
 random data, after two warm-up steps, and prints a markdown table of seconds per step and
-minutes per 1000 steps. Use one thread (``--threads 1``) on a shared machine and read the
-numbers as that: a laptop's 4-8 cores are several times faster, a GPU 10-100x.
+minutes per 1000 steps. Time is the process's CPU time with one thread, i.e. the wall time
+on one free core: on a machine shared with other jobs the wall time is longer, on a laptop's
+4-8 cores shorter, on a GPU 10-100x shorter. The wall time is printed too.
 
     python benchmarks/train_speed.py --threads 1 --steps 5
 """
@@ -48,18 +49,19 @@ def time_preset(name: str, steps: int) -> dict:
     cfg = SourceTrainConfig(steps=steps + 2, batch_size=p["batch"], patch_size=p["patch"],
                             eval_every=10**6, device="cpu", warn_after=0)
     arch = UNetConfig(num_downs=p["num_downs"], ngf=p["ngf"])
-    t_start = None
+    t_start = c_start = None
     n_params = 0
     for ev in iter_train_source(data, (data.x[:1], data.y[:1]), arch=arch, config=cfg):
         if hasattr(ev, "trainable_params"):
             n_params = ev.trainable_params
         if getattr(ev, "step", None) == 2 and not isinstance(ev, TimeEstimate) and \
                 t_start is None:
-            t_start = time.perf_counter()
-    per = (time.perf_counter() - t_start) / steps
+            t_start, c_start = time.perf_counter(), time.process_time()
+    per = (time.process_time() - c_start) / steps
+    wall = (time.perf_counter() - t_start) / steps
     return {"size": name, "num_downs": p["num_downs"], "ngf": p["ngf"], "patch": p["patch"],
             "batch": p["batch"], "params": n_params, "seconds_per_step": per,
-            "seconds_per_1000": 1000 * per}
+            "seconds_per_1000": 1000 * per, "wall_seconds_per_step": wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,14 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = [time_preset(s, args.steps) for s in args.sizes.split(",")]
     load = os.getloadavg()[0]
-    md = [f"Measured with {args.threads} thread(s), {args.steps} timed steps after 2 warm-up "
-          f"steps, load average {load:.1f} on a 2-core VM shared with other jobs.\n",
-          "| --size | UNet depth | ngf | patch | batch | parameters | s per step | "
-          "min per 1000 steps |", "|---|---|---|---|---|---|---|---|"]
+    md = [f"CPU time of {args.threads} thread(s) (= wall time on one free core), "
+          f"{args.steps} timed steps after 2 warm-up steps; wall time measured alongside at "
+          f"load average {load:.1f} on a 2-core VM shared with other jobs.\n",
+          "| --size | UNet depth | ngf | patch | batch | parameters | CPU s per step | "
+          "min per 1000 steps (one core) | wall s per step (shared machine) |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['size']} | {r['num_downs']} | {r['ngf']} | {r['patch']} | "
                   f"{r['batch']} | {r['params']:,} | {r['seconds_per_step']:.2f} | "
-                  f"{r['seconds_per_1000'] / 60:.1f} |")
+                  f"{r['seconds_per_1000'] / 60:.1f} | {r['wall_seconds_per_step']:.2f} |")
     text = "\n".join(md) + "\n"
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

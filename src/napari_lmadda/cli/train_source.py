@@ -164,18 +164,18 @@ def run(args: argparse.Namespace) -> int:
     eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 20)
     cfg = SourceTrainConfig(steps=args.steps, batch_size=batch, patch_size=patch,
                             lr=args.lr, lambda_gan=args.lambda_gan, eval_every=eval_every,
-                            seed=args.seed, device=args.device)
+                            seed=args.seed, device=args.device, augment=args.augment,
+                            target_norm=args.target_norm,
+                            target_percentiles=tuple(args.target_percentiles))
     if patch % 2**num_downs:
         raise ConfigError(
             f"--patch {patch} must be a multiple of {2**num_downs} (2**--num-downs)"
         )
 
     data = prepare_training(
-        args.inputs, args.targets, channel_names=names, target_norm=args.target_norm,
-        target_percentiles=tuple(args.target_percentiles),
+        args.inputs, args.targets, channel_names=names,
         target_range=tuple(args.target_range) if args.target_range else None,
-        augment=args.augment, patch_size=patch, batch_size=batch,
-        val_fraction=args.val_fraction, val_patches=args.val_patches, seed=args.seed)
+        val_fraction=args.val_fraction, val_patches=args.val_patches, config=cfg)
     if not data.val_files:
         print("warning: a single input file; validating on training patches", flush=True)
     tn = data.target_norm

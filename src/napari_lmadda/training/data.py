@@ -255,6 +255,7 @@ def prepare_training(
     val_patches: int = 32,
     seed: int = 0,
     max_samples: int = 2_000_000,
+    config: Any = None,
 ) -> TrainingData:
     """Read paired folders and build everything training needs (see module docstring).
 
@@ -278,12 +279,19 @@ def prepare_training(
         Sampling and split.
     max_samples : int
         Pixels sampled per channel to learn the target normalisation.
+    config : SourceTrainConfig, optional
+        When given, its ``augment``, ``target_norm``, ``target_percentiles``,
+        ``patch_size``, ``batch_size`` and ``seed`` replace the keywords of the same meaning.
 
     Raises
     ------
     ConfigError, ImageReadError, EmptyFolderError
         Bad settings or unusable folders (one-line messages naming the file).
     """
+    if config is not None:
+        augment, target_norm = config.augment, config.target_norm
+        target_percentiles = tuple(config.target_percentiles)
+        patch_size, batch_size, seed = config.patch_size, config.batch_size, config.seed
     augment_config(augment)  # validates the preset name before any file is read
     target_dirs = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
     names = list(channel_names) if channel_names else [Path(t).name for t in target_dirs]

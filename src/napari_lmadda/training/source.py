@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..models.checkpoint import save_model
 from ..models.discriminator import PatchDiscriminator
 from ..models.unet import UNetConfig, UNetGenerator
+from ..options import option, validate
 
 __all__ = [
     "SourceTrainConfig",
@@ -71,55 +72,63 @@ def size_preset(name: str, device: str = "cpu") -> tuple[str, dict[str, Any]]:
     return name, dict(SIZE_PRESETS[name])
 
 
+def _percentile_pair(value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"target_percentiles must be two numbers, got {value!r}") from None
+    if not 0 <= lo < hi <= 100:
+        raise ConfigError(f"target_percentiles must satisfy 0 <= low < high <= 100, "
+                          f"got {lo}, {hi}")
+    return lo, hi
+
+
+_LR = {"low": 0.0, "high": 1.0, "low_open": True, "what": "a learning rate"}
+
+
 @dataclass
 class SourceTrainConfig:
-    """Options of :func:`train_source`.
+    """Options of :func:`train_source` (and of the data :func:`prepare_training` builds).
 
-    Parameters
-    ----------
-    steps, batch_size, patch_size : int
-        Training length and batches of ``batch_size`` patches of ``patch_size`` px.
-    lr : float
-        Adam learning rate (pix2pix: 2e-4, betas 0.5/0.999).
-    lambda_l1, lambda_gan : float
-        Weights of the L1 loss and of the conditional PatchGAN loss (0 = L1 only).
-    lr_decay : bool
-        Linear decay of the learning rate over the second half (pix2pix schedule).
-    eval_every : int
-        Steps between validations (Pearson on the validation patches).
-    seed : int
-        Seeds initialisation and sampling.
-    device : str
-        ``auto``, ``cpu``, ``cuda[:N]``, ``mps``.
-    warn_pearson, warn_after : float, int
-        Say so (:class:`NotLearning`) when the best validation Pearson is still below
-        ``warn_pearson`` after ``warn_after`` evaluations (0 = never).
+    Every field carries its help and range (:mod:`napari_lmadda.options`), for the CLI and
+    a GUI panel alike.
     """
 
-    steps: int = 2000
-    batch_size: int = 8
-    patch_size: int = 128
-    lr: float = 2e-4
-    lambda_l1: float = 100.0
-    lambda_gan: float = 0.0
-    lr_decay: bool = True
-    eval_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    warn_pearson: float = 0.1
-    warn_after: int = 3
+    steps: int = option(2000, "training steps", low=1, label="Steps")
+    batch_size: int = option(8, "patches per step", low=1, label="Batch")
+    patch_size: int = option(128, "patch side in pixels, a multiple of 2**UNet depth", low=1,
+                             label="Patch")
+    lr: float = option(2e-4, "Adam learning rate (pix2pix: 2e-4, betas 0.5/0.999)", **_LR,
+                       label="Learning rate")
+    lambda_l1: float = option(100.0, "weight of the L1 loss", low=0.0)
+    lambda_gan: float = option(0.0, "weight of the conditional PatchGAN loss; 0 = L1 only",
+                               low=0.0)
+    lr_decay: bool = option(True, "linear decay of the learning rate over the second half "
+                            "(pix2pix schedule)")
+    eval_every: int = option(100, "steps between validations (Pearson on held-out patches)",
+                             low=1, label="Validate every")
+    seed: int = option(0, "seed of initialisation, split and sampling", low=0)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps",
+                         suggestions=("auto", "cpu", "cuda", "mps"))
+    warn_pearson: float = option(0.1, "say the model is not learning when validation Pearson "
+                                 "stays below this", low=-1.0, high=1.0)
+    warn_after: int = option(3, "... after this many validations (0 = never)", low=0)
+    augment: str = option("basic", "training augmentation preset: none, basic (rotations and "
+                          "flips) or robust (imitates other microscopes)",
+                          choices=("none", "basic", "robust"), label="Augmentation", dock=True)
+    target_norm: str = option("dataset", "target encoding: dataset (percentiles of the "
+                              "whole training set, predictions in target units), image "
+                              "(per image, CARE-style, normalised units) or fixed",
+                              choices=("dataset", "image", "fixed"),
+                              label="Target normalisation", dock=True)
+    target_percentiles: tuple[float, float] = option(
+        (0.1, 99.9), "percentiles of the dataset and image target encodings",
+        check=_percentile_pair)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "patch_size", "eval_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
-        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise ConfigError(f"lr must be in (0, 1], got {self.lr!r}")
-        if self.lambda_l1 < 0 or self.lambda_gan < 0 or self.lambda_l1 + self.lambda_gan == 0:
+        validate(self)
+        if self.lambda_l1 + self.lambda_gan == 0:
             raise ConfigError("lambda_l1 and lambda_gan must be >= 0 and not both 0")
-        if not isinstance(self.warn_after, int) or self.warn_after < 0:
-            raise ConfigError(f"warn_after must be a whole number >= 0, got {self.warn_after!r}")
 
 
 @dataclass
