@@ -230,3 +230,15 @@ def test_cli_names_bad_inputs_and_trains_on_them(tmp_path, capsys):
     assert m.num_downs == 4 and m.meta["provenance"]["augment"] == "robust"
     tn = TargetNorm.from_meta(m.meta, 1)
     assert 2500 < tn.hi[0] < 4400  # 12-bit units
+
+
+def test_model_meta_keeps_one_pair_when_channels_share_it():
+    from napari_lmadda.training.data import target_meta
+
+    one = TargetNorm((13000.0,), (66000.0,), mode="dataset", percentiles=(0.1, 99.9))
+    meta = target_meta(one)
+    assert meta["target_range"] == [13000.0, 66000.0]  # readable by older versions too
+    assert TargetNorm.from_meta(meta, 1) == one
+    two = TargetNorm((0.0, 5.0), (1.0, 9.0), mode="dataset", percentiles=(0.1, 99.9))
+    assert target_meta(two) == two.to_meta()  # per channel: the contract's form
+    assert TargetNorm.from_meta(target_meta(two), 2) == two

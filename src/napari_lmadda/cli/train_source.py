@@ -39,12 +39,14 @@ def _size_help() -> str:
     parts = []
     for name, p in SIZE_PRESETS.items():
         t = p.get("seconds_per_1000")
-        when = f", {t / 60:.0f} min per 1000 steps on 1 CPU core" if t else ""
+        when = (f", {t / 60:.1f} min" if t < 600 else f", {t / 3600:.1f} h") + \
+            " per 1000 steps on one CPU core" if t else ""
         parts.append(f"{name} = UNet depth {p['num_downs']}, {p['ngf']} filters, "
                      f"{p['patch']} px patches{when}")
     return ("model and patch size: " + "; ".join(parts)
-            + ". auto = large on a CUDA GPU, small otherwise. --num-downs, --ngf, "
-            "--patch and --batch override the preset")
+            + " (measured on one free core of a 2-core VM; a GPU is 10-100x faster). auto = "
+            "large on a CUDA GPU, small otherwise. --num-downs, --ngf, --patch and --batch "
+            "override the preset")
 
 
 def _float_pair(text: str) -> tuple[float, float]:

@@ -47,13 +47,14 @@ TARGET_RANGE = (-0.05, 1.05)
 
 #: Model and patch sizes for ``train-source --size``: UNet depth (``num_downs``), first-layer
 #: filters (``ngf``), patch side and batch. ``seconds_per_1000`` is the time of 1000 training
-#: steps measured on this project's development machine (one CPU thread of a shared 2-core
-#: VM, ``benchmarks/train_speed.py``); a GPU is 10-100x faster.
+#: steps on one free CPU core of the development machine (CPU time of one thread,
+#: ``benchmarks/train_speed.py``; validations not included): a shared machine is slower, a
+#: laptop's several cores faster, a GPU 10-100x faster.
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"num_downs": 4, "ngf": 8, "patch": 64, "batch": 8, "seconds_per_1000": None},
-    "small": {"num_downs": 6, "ngf": 16, "patch": 128, "batch": 8, "seconds_per_1000": None},
-    "medium": {"num_downs": 7, "ngf": 32, "patch": 128, "batch": 8, "seconds_per_1000": None},
-    "large": {"num_downs": 8, "ngf": 64, "patch": 256, "batch": 8, "seconds_per_1000": None},
+    "tiny": {"num_downs": 4, "ngf": 8, "patch": 64, "batch": 8, "seconds_per_1000": 33},
+    "small": {"num_downs": 6, "ngf": 16, "patch": 128, "batch": 8, "seconds_per_1000": 190},
+    "medium": {"num_downs": 7, "ngf": 32, "patch": 128, "batch": 8, "seconds_per_1000": 575},
+    "large": {"num_downs": 8, "ngf": 64, "patch": 256, "batch": 8, "seconds_per_1000": 7301},
 }
 
 
