@@ -110,6 +110,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         p = Path(path)
         if p.is_dir():
             from .data.io import list_images
+            from .data.zarr_io import is_zarr_image, zarr_layer_data
+
+            if is_zarr_image(p):  # an OME-Zarr image, HCS plate or well
+                return zarr_layer_data
 
             try:
                 list_images(p)
