@@ -12,7 +12,7 @@ import torch
 from napari_lmadda.cli import main
 from napari_lmadda.data.io import read_tiff_metadata
 from napari_lmadda.data.synthetic import write_domain
-from napari_lmadda.models import UNetGenerator, read_checkpoint, save_model
+from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, save_model
 
 TINY = ["--batch", "2", "--patch", "32", "--device", "cpu"]
 
@@ -50,11 +50,9 @@ def test_train_source(ws, capsys):
     text = capsys.readouterr().out
     assert text.count("val Pearson") == 2  # one line per validation, not per step
     assert out.exists() and (ws / "trained_last.pt").exists()
-    # per-channel target ranges (issue 11) need the loader of the versioned model format;
-    # until it lands, read the file's metadata directly (weights_only: data, not code)
-    ckpt = torch.load(out, map_location="cpu", weights_only=True)
-    assert ckpt["arch"]["out_channels"] == 2 and ckpt["arch"]["num_downs"] == 5
-    meta = ckpt["meta"]
+    model = load_model(out)  # per-channel target ranges: format version 3 loads
+    assert model.config.out_channels == 2 and model.config.num_downs == 5
+    meta = model.meta
     assert meta["channel_names"] == ["DAPI", "CD29"]
     # targets encoded with percentiles learned per channel, stored for decoding
     from napari_lmadda.data.normalize import TargetNorm
