@@ -41,6 +41,7 @@ def read_folder(path: str | list[str]) -> list[LayerData]:
         folder cannot be read, after showing why.
     """
     from .data.groups import read_image_groups
+    from .data.io import read_pixel_size
 
     folder = Path(path[0] if isinstance(path, list) else path)
     try:
@@ -60,7 +61,11 @@ def read_folder(path: str | list[str]) -> list[LayerData]:
         h, w = group.shape
         name = folder.name if len(groups) == 1 else f"{folder.name} {h}x{w}"
         meta = {"lmadda": {"folder": str(folder), "files": group.files}}
-        out.append((group.stack, {"name": name, "metadata": meta}, "image"))
+        kwargs = {"name": name, "metadata": meta}
+        px = read_pixel_size(folder / group.files[0])  # the calibration, kept on export
+        if px is not None:
+            kwargs.update(scale=(1.0, px["y"], px["x"]), units=("pixel", px["unit"], px["unit"]))
+        out.append((group.stack, kwargs, "image"))
     return out
 
 
@@ -110,6 +115,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         p = Path(path)
         if p.is_dir():
             from .data.io import list_images
+            from .data.zarr_io import is_zarr_image, zarr_layer_data
+
+            if is_zarr_image(p):  # an OME-Zarr image, HCS plate or well
+                return zarr_layer_data
 
             try:
                 list_images(p)

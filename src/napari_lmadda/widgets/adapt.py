@@ -7,11 +7,14 @@ end at its next step ("Stopping…"); the engine keeps the best state so far. Wh
 outcome, the buttons come back when the worker ends. The Results panel below shows the
 virtual stains of the adapted and the unadapted model.
 
-The method box lists every method of the engine (:data:`~napari_lmadda.adapt.engine.METHODS`,
-read when the widget opens). "Recommend layer" measures the domain gap at every layer of the
-loaded model with unlabeled images only (:func:`~napari_lmadda.adapt.recommend.recommend_layer`) in
-the background; the recommended layer is marked on the layer slider, chosen, kept in the
-viewer's shared state (so it outlives method changes), and its per-layer gap is plotted.
+The method box lists every method of the registry
+(:data:`~napari_lmadda.adapt.registry.METHODS`, read when the widget opens), with its label,
+its layer control and its options (those of its sub-configuration marked ``dock``; labels,
+tooltips and choices from the option metadata). "Recommend layer" measures the domain gap at
+every layer of the loaded model with unlabeled images only
+(:func:`~napari_lmadda.adapt.recommend.recommend_layer`) in the background; the recommended
+layer is marked on the layer slider, chosen, kept in the viewer's shared state (so it
+outlives method changes), and its per-layer gap is plotted.
 """
 
 from __future__ import annotations
@@ -52,8 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "AdaptWidget",
-    "METHOD_LABELS",
-    "METHOD_OPTIONS",
     "LossPlot",
     "GapPlot",
     "MarkedSlider",
@@ -62,47 +63,37 @@ __all__ = [
     "method_label",
 ]
 
-#: engine method name -> label shown in the method box (methods without one show their name)
-METHOD_LABELS: dict[str, str] = {
-    "none": "None (unadapted copy)",
-    "adabn": "AdaBN",
-    "adda": "ADDA",
-    "lmadda": "LM-ADDA",
-    "lmadda-multi": "LM-ADDA multi",
-    "apma": "APMA",
-    "scgan": "scGAN",
-}
-#: how a method takes layers: "one" (the slider), "range" (the range slider); others take none
-_LAYER_MODES: dict[str, str] = {"adabn": "one", "lmadda": "one", "lmadda-multi": "range"}
-#: method -> extra options shown in the dock: (AdaptConfig field, label, choices). A row
-#: appears only when AdaptConfig has the field, so a method's options can land before or
-#: after its widget row.
-METHOD_OPTIONS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
-    "apma": (("apma_parts", "Parts", ("all", "en", "de_feat", "de_pred", "en+de_feat")),),
-    "adabn": (("adabn_stats", "Statistics", ("cumulative", "momentum")),
-              ("adabn_layers", "BatchNorms", ("upto", "listed"))),
-}
-_OPTION_TIPS = {
-    "apma_parts": "APMA parts: en = reconstruction decoder on the encoder, de_feat = "
-                  "discriminator on the last decoder features, de_pred = on the predictions",
-    "adabn_stats": "cumulative: exact statistics over all target batches; momentum: torch's "
-                   "running average starting from the source statistics",
-    "adabn_layers": "upto: the BatchNorms of layers 1 to the chosen layer; listed: only those "
-                    "of the chosen layer",
-}
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 _RED = "#e06c6c"
 _MARK = "#c678dd"  # the recommended layer, on the slider and in the gap plot
 
 
 def method_label(method: str) -> str:
-    """Return the label of an engine method in the method box."""
-    return METHOD_LABELS.get(method, method)
+    """Return the label of a registry method in the method box."""
+    from ..adapt.registry import METHODS
+
+    entry = METHODS.get(method)
+    return entry.label if entry is not None else method
 
 
 def layer_mode(method: str) -> str:
-    """How ``method`` takes layers: ``"one"``, ``"range"`` or ``"none"``."""
-    return _LAYER_MODES.get(method, "none")
+    """How ``method`` takes layers in the dock: ``"one"``, ``"range"`` or ``"none"``."""
+    from ..adapt.registry import METHODS
+
+    entry = METHODS.get(method)
+    return {"one": "one", "upto": "one", "several": "range"}.get(
+        entry.layers if entry is not None else "none", "none")
+
+
+def dock_options(method: str) -> list[str]:
+    """The flat names of ``method``'s options shown in the dock (its sub-config's ``dock``)."""
+    from ..adapt.registry import METHODS
+    from ..options import iter_options
+
+    entry = METHODS.get(method)
+    if entry is None or entry.options is None:
+        return []
+    return [opt.alias for _, _, opt, _ in iter_options(entry.options) if opt.dock]
 
 
 def default_layer(num_layers: int, recommended: int | None = None) -> int:
@@ -332,7 +323,8 @@ class AdaptWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         from ..adapt.config import AdaptConfig
-        from ..adapt.engine import method_names
+        from ..adapt.registry import method_names
+        from ..options import control
 
         super().__init__()
         self.viewer = napari_viewer
@@ -348,7 +340,7 @@ class AdaptWidget(QWidget):
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.method_combo = QComboBox()
-        for key in method_names():  # the engine's registry: new methods show up here
+        for key in method_names():  # the registry: new methods show up here
             self.method_combo.addItem(method_label(key), key)
         self.method_combo.setCurrentIndex(max(0, self.method_combo.findData("lmadda")))
         self.method_combo.setToolTip(
@@ -378,17 +370,18 @@ class AdaptWidget(QWidget):
         self.rec_label.setTextFormat(Qt.TextFormat.RichText)
         self.gap_plot = GapPlot()
         self.option_combos: dict[str, QComboBox] = {}
-        for method, options in METHOD_OPTIONS.items():
-            for field_name, _, choices in options:
-                if field_name in AdaptConfig.__dataclass_fields__:
-                    combo = QComboBox()
-                    combo.addItems(list(choices))
-                    default = getattr(defaults, field_name)
-                    if str(default) in choices:
-                        combo.setCurrentText(str(default))
-                    combo.setProperty("lmadda_method", method)
-                    combo.setToolTip(_OPTION_TIPS.get(field_name, ""))
-                    self.option_combos[field_name] = combo
+        option_labels: dict[str, str] = {}
+        for method in method_names():
+            for name in dock_options(method):
+                spec = control(AdaptConfig, name)
+                combo = QComboBox()
+                combo.addItems(list(spec.choices))
+                if str(spec.default) in spec.choices:
+                    combo.setCurrentText(str(spec.default))
+                combo.setProperty("lmadda_method", method)
+                combo.setToolTip(spec.tooltip)
+                self.option_combos[name] = combo
+                option_labels[name] = spec.label
 
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
@@ -430,10 +423,8 @@ class AdaptWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Method", self.method_combo)
-        for options in METHOD_OPTIONS.values():
-            for field_name, label, _ in options:
-                if field_name in self.option_combos:
-                    form.addRow(label, self.option_combos[field_name])
+        for name, combo in self.option_combos.items():
+            form.addRow(option_labels[name], combo)
         form.addRow("Layer", self.layer_slider)
         form.addRow("Layers", self.range_slider)
         form.addRow(self.layer_label)
@@ -532,7 +523,7 @@ class AdaptWidget(QWidget):
         ConfigError
             A value is out of range.
         """
-        from ..adapt.config import AdaptConfig
+        from ..adapt.config import AdaptConfig, eval_every_for
 
         steps = int(self.steps_spin.value())
         options = {name: combo.currentText() for name, combo in self.option_combos.items()
@@ -545,7 +536,7 @@ class AdaptWidget(QWidget):
             lr_d=float(self.lr_d_spin.value()),
             seed=int(self.seed_spin.value()),
             device=self.device_combo.currentText(),
-            eval_every=max(1, min(50, steps // 4 or 1)),
+            eval_every=eval_every_for(steps),
             **options,
         )
 
