@@ -35,6 +35,9 @@ MOVED = {
     "napari_lmadda.fid": "napari_lmadda.evaluation.fid",
     "napari_lmadda.sweep": "napari_lmadda.evaluation.sweep",
     "napari_lmadda.recommend": "napari_lmadda.adapt.recommend",
+    # the adversarial loop became adapt.loop + one step per method (issue 12); the old
+    # module's names (run_adversarial, trainable_layers, kept_model) are LM-ADDA's
+    "napari_lmadda.adapt.adversarial": "napari_lmadda.adapt.lmadda",
 }
 
 

@@ -1,43 +1,20 @@
 """ADDA at the output layer (Tzeng et al. 2017 applied to image translation).
 
 The discriminator judges the virtual stains themselves: G'(x') against G(x). This is the
-baseline LM-ADDA is compared with; every layer of G' trains.
+baseline LM-ADDA is compared with; every layer of G' trains (LM-ADDA's step at the last
+layer, :class:`~napari_lmadda.adapt.lmadda.LayerMatching`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 
-from ..models.unet import UNetGenerator
-from .adversarial import run_adversarial
 from .config import AdaptConfig
-from .events import Event
+from .lmadda import LayerMatching
 
-__all__ = ["NAME", "run"]
-
-NAME = "adda"
+__all__ = ["make"]
 
 
-def run(
-    model: UNetGenerator,
-    source,
-    target,
-    *,
-    layers: tuple[int, ...] = (),
-    config: AdaptConfig,
-    cancel: Callable[[], bool] | None = None,
-    monitor=None,
-    run_state=None,
-) -> Iterator[Event]:
+def make(model, layers: Sequence[int], config: AdaptConfig) -> LayerMatching:
     """Match at the output layer; ``layers`` is ignored."""
-    return run_adversarial(
-        model,
-        source,
-        target,
-        layers=(model.num_layers,),
-        config=config,
-        method=NAME,
-        cancel=cancel,
-        monitor=monitor,
-        run_state=run_state,
-    )
+    return LayerMatching(model, (model.num_layers,), config, "adda")

@@ -5,7 +5,7 @@
 ``WORLD_SIZE > 1``, :func:`session` joins the process group (``nccl`` when the device is CUDA,
 each rank on ``cuda:LOCAL_RANK``; ``gloo`` otherwise) and leaves it at the end, also on error.
 
-How the adversarial loop uses it (see :func:`~napari_lmadda.adapt.adversarial.run_adversarial`):
+How the adaptation loop uses it (see :func:`~napari_lmadda.adapt.loop.run`):
 
 * every rank draws the *same* global batch positions from the same sampler stream and loads
   only its contiguous slice (:func:`~napari_lmadda.adapt.sampling.shard_sampler`), so the

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..models.unet import UNetGenerator
+from . import distributed, loop
 from .config import AdaptConfig
 from .events import AdaptResult, Event, Finished
 from .sampling import make_sampler
@@ -105,7 +106,7 @@ def iter_adapt(
         never used for selection (benchmarks log ground-truth Pearson with it).
     run_state : path, optional
         Adversarial methods save their whole state there at every evaluation and resume
-        from it when it exists (see :func:`~napari_lmadda.adapt.adversarial.run_adversarial`).
+        from it when it exists (see :func:`~napari_lmadda.adapt.loop.run`).
 
     Yields
     ------
@@ -123,12 +124,15 @@ def iter_adapt(
             f"patch size {cfg.patch_size} must be a multiple of {model.min_size} for this model"
         )
     mod = importlib.import_module(METHODS[method])
+    if method == "apma" and distributed.env_world_size() > 1:
+        raise ConfigError("apma runs in a single process: start it without torchrun")
     src = make_sampler(source, cfg.patch_size, cfg.batch_size, seed=cfg.seed, role="source")
     tgt = make_sampler(target, cfg.patch_size, cfg.batch_size, seed=cfg.seed + 1000, role="target")
-    kwargs = {"run_state": run_state} if run_state is not None else {}
-    yield from mod.run(
-        model, src, tgt, layers=lays, config=cfg, cancel=cancel, monitor=monitor, **kwargs
-    )
+    if hasattr(mod, "make"):  # a step on the adversarial loop
+        yield from loop.run(mod.make(model, lays, cfg), model, src, tgt, config=cfg,
+                            cancel=cancel, monitor=monitor, run_state=run_state)
+    else:
+        yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel)
 
 
 def adapt(

@@ -13,13 +13,16 @@ they learn useful features from tens to a few hundred images:
   encoder features feed a small decoder that must reconstruct, from *real* images only,
   (a) the whole image at half resolution and (b) a random quadrant of it from the
   matching quadrant of the features; the L1 reconstruction loss is added to D's loss;
-* cycle consistency ``|F(T(y)) - y| + |T(F(x)) - x|`` (weight ``scgan_cycle``, 10 in the
-  paper) and identity ``|T(x) - x| + |F(y) - y|`` (weight ``scgan_identity``, 0.5);
-* Adam (``scgan_lr``, betas ``beta1``, ``beta2``) for both translators and both
+* cycle consistency ``|F(T(y)) - y| + |T(F(x)) - x|`` (weight ``scgan.cycle``, 10 in the
+  paper) and identity ``|T(x) - x| + |F(y) - y|`` (weight ``scgan.identity``, 0.5);
+* Adam (``scgan.lr``, betas ``beta1``, ``beta2``) for both translators and both
   discriminators, an EMA of the translators' weights (``ema_decay``) that is what gets
   evaluated and kept;
-* for the CPU: small translators (``scgan_ngf`` 8, ``scgan_blocks`` 3, where CycleGAN has
-  64 and 9) trained on random ``scgan_crop`` (64 px) crops of the sampled patches.
+* for the CPU: small translators (``scgan.ngf`` 8, ``scgan.blocks`` 3, where CycleGAN has
+  64 and 9) trained on random ``scgan.crop`` (64 px) crops of the sampled patches.
+
+The options are ``AdaptConfig.scgan`` (flat names ``scgan_lr``, ``scgan_ngf``, ...); the
+loop (:mod:`.loop`) does the EMA, selection, cancel and resume.
 
 Label-free selection (``criterion="gap"``, the default): every ``eval_every`` steps, on
 fixed patches, the per-channel Wasserstein distance
@@ -44,31 +47,21 @@ allows; with a GPU, use more steps.
 from __future__ import annotations
 
 import copy
-import math
-import os
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import resolve_device
 from ..errors import ConfigError
 from ..models.translated import TranslatedModel, Translator, TranslatorConfig
 from ..models.unet import UNetGenerator
-from .adversarial import RUN_STATE_FORMAT, _comparable, _load_run_state, _rng_get, _rng_set
 from .config import AdaptConfig
 from .distances import diag_w2
-from .events import AdaptResult, Evaluated, Event, Finished, Started, Step, StopReason
-from .sampling import fixed_batch, to_tensor
-from .selection import KeepBest
+from .features import taps
+from .loop import Losses, Method, Run
 
-__all__ = ["NAME", "run", "SSDiscriminator"]
-
-NAME = "scgan"
+__all__ = ["Scgan", "make", "SSDiscriminator"]
 
 
 class SSDiscriminator(nn.Module):
@@ -143,12 +136,6 @@ def _apply(net: nn.Module, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     return torch.cat([net(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
-@torch.no_grad()
-def _taps(model: nn.Module, x: torch.Tensor, layers, chunk: int = 8) -> dict[int, torch.Tensor]:
-    parts = [model.forward_taps(x[i : i + chunk], layers) for i in range(0, len(x), chunk)]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
 def _crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """A random ``size`` x ``size`` crop of a batch (one offset per batch; 0 = no crop)."""
     h, w = x.shape[-2:]
@@ -160,193 +147,61 @@ def _crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., r : r + sh, c : c + sw]
 
 
-def run(
-    model: UNetGenerator,
-    source,
-    target,
-    *,
-    layers: tuple[int, ...] = (),
-    config: AdaptConfig,
-    cancel: Callable[[], bool] | None = None,
-    monitor: Callable[[int, Any], dict[str, float]] | None = None,
-    run_state: str | os.PathLike | None = None,
-) -> Iterator[Event]:
-    """Train the SCGAN translators and yield typed events; ``layers`` is ignored.
+class Scgan(Method):
+    """SCGAN's step: translators T (target -> source) and F, self-supervised discriminators.
 
-    Parameters
-    ----------
-    model : UNetGenerator
-        The source model G (not modified; it is part of the result unchanged).
-    source, target : sampler
-        Objects with ``sample() -> ndarray (B, C, P, P)`` of normalised source / target
-        patches (``P`` a multiple of 16).
-    config : AdaptConfig
-        ``steps``, ``batch_size``, ``patch_size``, ``scgan_*``, ``ndf``, ``beta1``,
-        ``beta2``, ``ema_decay``, ``eval_every``, ``eval_patches``, ``criterion``,
-        ``patience``, ``seed``, ``device``.
-    cancel : callable, optional
-        Returns True to stop at the next step; the best state so far is kept.
-    monitor : callable, optional
-        ``monitor(step, model) -> dict`` with the evaluated translated model; logged as
-        ``monitor_<name>``, never used for selection.
-    run_state : path, optional
-        File holding the whole state of the run, written atomically at every evaluation;
-        if it exists at the start the run resumes from it (same settings required).
-
-    Yields
-    ------
-    Event
-        ``Started``, ``Step`` per step, ``Evaluated`` per evaluation, ``Finished`` last.
+    What trains (and is averaged by the EMA) is ``ModuleDict(T=..., F=...)``; the kept state
+    is T's, and the result is ``TranslatedModel(T, G)``. ``Step.loss_src`` is the cycle loss.
     """
-    cfg = config
-    if cfg.patch_size % 16:
-        raise ConfigError(f"scgan needs a patch size that is a multiple of 16, got "
-                          f"{cfg.patch_size}")
-    channels = model.config.in_channels
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
 
-    G = copy.deepcopy(model).to(device).eval()
-    G.requires_grad_(False)
-    tcfg = TranslatorConfig(channels=channels, ngf=cfg.scgan_ngf, n_blocks=cfg.scgan_blocks)
-    T = Translator(tcfg).to(device)  # target -> source (kept)
-    Fw = Translator(tcfg).to(device)  # source -> target (for the cycle)
-    D_s = SSDiscriminator(channels, cfg.ndf // 2 or 1).to(device)  # real: source images
-    D_t = SSDiscriminator(channels, cfg.ndf // 2 or 1).to(device)  # real: target images
-    g_params = [*T.parameters(), *Fw.parameters()]
-    d_params = [*D_s.parameters(), *D_t.parameters()]
-    opt_g = torch.optim.Adam(g_params, lr=cfg.scgan_lr, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(d_params, lr=cfg.scgan_lr, betas=(cfg.beta1, cfg.beta2))
-    use_ema = cfg.ema_decay > 0
-    ema_T = copy.deepcopy(T).requires_grad_(False) if use_ema else T
-    ema_F = copy.deepcopy(Fw).requires_grad_(False) if use_ema else Fw
-    live = [*T.parameters(), *Fw.parameters()]
-    shadow = [*ema_T.parameters(), *ema_F.parameters()]
+    name = "scgan"
 
-    eval_src = to_tensor(fixed_batch(source, cfg.eval_patches, cfg.seed + 1), device)
-    eval_tgt = to_tensor(fixed_batch(target, cfg.eval_patches, cfg.seed + 2), device)
-    n, n_layers = G.num_downs, G.num_layers
-    eval_layers = tuple(range(n, n_layers + 1))  # bottleneck .. output
-    ref_src = _taps(G, eval_src, eval_layers)  # G is frozen: computed once
-    tgt_std = float(eval_tgt.std()) + 1e-6
-    step = 0
+    def __init__(self, model: UNetGenerator, layers: Sequence[int], config: AdaptConfig) -> None:
+        if config.patch_size % 16:
+            raise ConfigError(f"scgan needs a patch size that is a multiple of 16, got "
+                              f"{config.patch_size}")
+        self.cfg = config
 
-    def evaluate(net_t: Translator, net_f: Translator) -> dict[str, float]:
-        net_t.eval()
-        net_f.eval()
-        moved = _apply(net_t, eval_tgt)
-        back = _apply(net_f, moved)
-        taps = _taps(G, moved, eval_layers)
-        gaps = [diag_w2(ref_src[k], taps[k]) for k in eval_layers]
-        cycle = float((back - eval_tgt).abs().mean()) / tgt_std
-        with torch.no_grad():
-            acc = 0.5 * (float((_apply(D_s, eval_src) > 0.5).float().mean())
-                         + float((_apply(D_s, moved) <= 0.5).float().mean()))
-        m = {
-            "gap": float(sum(gaps) / len(gaps)) + cycle,
-            "tap_w2": gaps[0],
-            "out_w2": gaps[-1],
-            "cycle": cycle,
-            "change": float((moved - eval_tgt).abs().mean()) / tgt_std,
-            "d_acc": acc,
-        }
-        m["criterion"] = (
-            abs(m["d_acc"] - 0.5) if cfg.criterion == "d_acc" else m.get(cfg.criterion, 0.0)
-        )
-        if monitor is not None:
-            with torch.no_grad():
-                logged = monitor(step, TranslatedModel(net_t, G))
-            m.update({f"monitor_{k}": float(v) for k, v in logged.items()})
-        net_t.train()
-        net_f.train()
-        return m
+    def build(self, run: Run):  # noqa: D102
+        cfg, sc, dev = self.cfg, self.cfg.scgan, run.device
+        channels = run.model.config.in_channels
+        self.tcfg = TranslatorConfig(channels=channels, ngf=sc.ngf, n_blocks=sc.blocks)
+        self.nets = nn.ModuleDict({"T": Translator(self.tcfg).to(dev),  # target -> source
+                                   "F": Translator(self.tcfg).to(dev)})  # source -> target
+        self.D_s = SSDiscriminator(channels, cfg.ndf // 2 or 1).to(dev)  # real: source images
+        self.D_t = SSDiscriminator(channels, cfg.ndf // 2 or 1).to(dev)  # real: target images
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.nets.parameters(), lr=sc.lr, betas=betas)
+        self.opt_d = torch.optim.Adam([*self.D_s.parameters(), *self.D_t.parameters()],
+                                      lr=sc.lr, betas=betas)
+        n = run.G.num_downs
+        self.eval_layers = tuple(range(n, run.G.num_layers + 1))  # bottleneck .. output
+        self.ref = taps(run.G, run.eval_src, self.eval_layers)  # G is frozen: once
+        self.tgt_std = float(run.eval_tgt.std()) + 1e-6
+        return self.nets, list(self.nets.parameters())
 
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in ema_T.state_dict().items()}
-
-    def save_run_state() -> None:
-        from ..models.checkpoint import atomic_torch_save
-
-        atomic_torch_save(
-            {
-                "format": RUN_STATE_FORMAT,
-                "method": NAME,
-                "layers": [],
-                "config": _comparable(cfg),
-                "step": step,
-                "nets": {"T": T.state_dict(), "F": Fw.state_dict(), "ema_T": ema_T.state_dict(),
-                         "ema_F": ema_F.state_dict(), "D_s": D_s.state_dict(),
-                         "D_t": D_t.state_dict()},
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "best_state": keep.best_state,
-                "best": keep.state(),
-                "history": history,
-                "rng": {"source": _rng_get(source), "target": _rng_get(target),
-                        "torch": torch.get_rng_state()},
-            },
-            run_state,
-        )
-
-    n_params = sum(p.numel() for p in g_params)  # both translators (as G' for the others)
-    yield Started(NAME, (), cfg.steps, n_params, str(device), "eval", cfg.criterion)
-
-    history: list[dict[str, Any]] = []
-    keep = KeepBest(cfg.criterion, cfg.patience)
-    if run_state is not None and Path(run_state).exists():
-        st = _load_run_state(run_state, NAME, (), cfg)
-        nets = st["nets"]
-        for net, key in ((T, "T"), (Fw, "F"), (ema_T, "ema_T"), (ema_F, "ema_F"),
-                         (D_s, "D_s"), (D_t, "D_t")):
-            net.load_state_dict(nets[key])
-        opt_g.load_state_dict(st["opt_g"])
-        opt_d.load_state_dict(st["opt_d"])
-        history = list(st["history"])
-        keep.restore(st["best"], st["best_state"])
-        _rng_set(source, st["rng"]["source"])
-        _rng_set(target, st["rng"]["target"])
-        torch.set_rng_state(st["rng"]["torch"])
-        first_step = int(st["step"]) + 1
-    else:
-        m0 = evaluate(ema_T, ema_F)
-        keep.begin(m0["criterion"], snapshot())
-        history.append({"step": 0, **m0})
-        yield Evaluated(0, m0["criterion"], True, m0)
-        first_step = 1
-
-    reason, message = StopReason.COMPLETED, ""
-    t0 = time.perf_counter()
-    T.train()
-    Fw.train()
-    for step in range(first_step, cfg.steps + 1):
-        if cancel is not None and cancel():
-            reason, step = StopReason.CANCELLED, step - 1
-            message = f"cancelled after {step} steps; kept the state of step {keep.best_step}"
-            break
-        xs = _crop(to_tensor(source.sample(), device), cfg.scgan_crop)
-        yt = _crop(to_tensor(target.sample(), device), cfg.scgan_crop)
+    def step(self, run: Run, xs: torch.Tensor, xt: torch.Tensor) -> Losses:  # noqa: D102
+        cfg, T, Fw, D_s, D_t = self.cfg, self.nets["T"], self.nets["F"], self.D_s, self.D_t
+        xs, yt = _crop(xs, cfg.scgan.crop), _crop(xt, cfg.scgan.crop)
 
         # (1) translators: fool both discriminators, cycle back, leave own-domain images alone
         D_s.requires_grad_(False)
         D_t.requires_grad_(False)
-        opt_g.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
         fake_s, fake_t = T(yt), Fw(xs)
         loss_gan = _lsgan(D_s(fake_s), True) + _lsgan(D_t(fake_t), True)
         loss_cyc = F.l1_loss(Fw(fake_s), yt) + F.l1_loss(T(fake_t), xs)
-        total = loss_gan + cfg.scgan_cycle * loss_cyc
-        if cfg.scgan_identity > 0:
+        total = loss_gan + cfg.scgan.cycle * loss_cyc
+        if cfg.scgan.identity > 0:
             loss_id = F.l1_loss(T(xs), xs) + F.l1_loss(Fw(yt), yt)
-            total = total + cfg.scgan_identity * loss_id
+            total = total + cfg.scgan.identity * loss_id
         total.backward()
-        opt_g.step()
-        if use_ema:
-            with torch.no_grad():
-                torch._foreach_lerp_(shadow, live, 1.0 - cfg.ema_decay)
+        self.opt_g.step()
 
         # (2) discriminators: LSGAN on real vs translated, plus self-supervised reconstruction
         D_s.requires_grad_(True)
         D_t.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
         fs, ft = fake_s.detach(), fake_t.detach()
         real_s, fake_s_sc = D_s(xs), D_s(fs)
         loss_adv_d = 0.5 * (_lsgan(real_s, True) + _lsgan(fake_s_sc, False)
@@ -354,49 +209,73 @@ def run(
         quads = torch.randint(0, 4, (2,)).tolist()
         loss_ssl = D_s.ssl_loss(xs, quads[0]) + D_t.ssl_loss(yt, quads[1])
         (loss_adv_d + loss_ssl).backward()
-        opt_d.step()
+        self.opt_d.step()
         acc = 0.5 * (float((real_s > 0.5).float().mean())
                      + float((fake_s_sc <= 0.5).float().mean()))
+        return Losses(loss_adv_d.item(), loss_gan.item(), loss_cyc.item(), acc)
 
-        ld, lg, lc = loss_adv_d.item(), loss_gan.item(), loss_cyc.item()
-        elapsed = time.perf_counter() - t0
-        yield Step(step, cfg.steps, ld, lg, lc, acc, True, elapsed,
-                   elapsed / (step - first_step + 1) * (cfg.steps - step))
-        if not all(math.isfinite(v) for v in (ld, lg, lc)):
-            reason = StopReason.DIVERGED
-            message = (f"losses became non-finite at step {step}; "
-                       f"rolled back to step {keep.best_step}")
-            break
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            m = evaluate(ema_T, ema_F)
-            val = m["criterion"]
-            improved = keep.offer(step, val, snapshot)
-            history.append({"step": step, **m})
-            if run_state is not None:
-                save_run_state()
-            yield Evaluated(step, val, improved, m)
-            halt = keep.stop(step, val)
-            if halt is not None:
-                reason, message = halt
-                break
+    def metrics(self, run: Run, net) -> dict[str, float]:  # noqa: D102
+        net_t, net_f = net["T"], net["F"]
+        net_t.eval()
+        net_f.eval()
+        moved = _apply(net_t, run.eval_tgt)
+        back = _apply(net_f, moved)
+        moved_taps = taps(run.G, moved, self.eval_layers)
+        gaps = [diag_w2(self.ref[k], moved_taps[k]) for k in self.eval_layers]
+        cycle = float((back - run.eval_tgt).abs().mean()) / self.tgt_std
+        with torch.no_grad():
+            acc = 0.5 * (float((_apply(self.D_s, run.eval_src) > 0.5).float().mean())
+                         + float((_apply(self.D_s, moved) <= 0.5).float().mean()))
+        net_t.train()
+        net_f.train()
+        return {
+            "gap": float(sum(gaps) / len(gaps)) + cycle,
+            "tap_w2": gaps[0],
+            "out_w2": gaps[-1],
+            "cycle": cycle,
+            "change": float((moved - run.eval_tgt).abs().mean()) / self.tgt_std,
+            "d_acc": acc,
+        }
 
-    kept = Translator(tcfg).to(device)
-    kept.load_state_dict(keep.best_state)
-    result = TranslatedModel(kept, copy.deepcopy(model).to(device)).eval()
-    result.requires_grad_(False)
-    result.meta = {**getattr(model, "meta", {})}
-    prov = {
-        "method": NAME,
-        "layers": [],
-        "translator": tcfg.to_dict(),
-        "best_step": keep.best_step,
-        "steps_run": step,
-        "criterion": cfg.criterion,
-        "criterion_value": keep.best_val,
-        "stop_reason": reason.value,
-        "config": cfg.to_dict(),
-    }
-    yield Finished(
-        AdaptResult(result, NAME, (), keep.best_step, cfg.criterion, reason, history, step,
-                    message or f"{reason.value}; kept step {keep.best_step}", prov)
-    )
+    def kept(self, ema: nn.Module) -> nn.Module:  # noqa: D102
+        return ema["T"]
+
+    def evaluated_model(self, run: Run, net: nn.Module) -> nn.Module:  # noqa: D102
+        return TranslatedModel(net["T"], run.G)
+
+    def kept_model(self, run: Run, ema, best_state: dict):  # noqa: D102
+        kept = Translator(self.tcfg).to(run.device)
+        kept.load_state_dict(best_state)
+        result = TranslatedModel(kept, copy.deepcopy(run.model).to(run.device)).eval()
+        result.requires_grad_(False)
+        result.meta = {**getattr(run.model, "meta", {})}
+        return result
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"nets": {"D_s": self.D_s.state_dict(), "D_t": self.D_t.state_dict()},
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.D_s.load_state_dict(state["nets"]["D_s"])
+        self.D_t.load_state_dict(state["nets"]["D_t"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    def upgrade_state(self, state: dict) -> dict:
+        """Read run states written before the loop (translators and EMA under ``nets``)."""
+        nets = state.get("nets", {})
+        if "gp" not in state and "T" in nets:
+            def both(t: str, f: str) -> dict:
+                return {**{f"T.{k}": v for k, v in nets[t].items()},
+                        **{f"F.{k}": v for k, v in nets[f].items()}}
+
+            state = {**state, "gp": both("T", "F"), "ema": both("ema_T", "ema_F")}
+        return state
+
+    def provenance(self) -> dict:  # noqa: D102
+        return {"translator": self.tcfg.to_dict()}
+
+
+def make(model: UNetGenerator, layers: Sequence[int], config: AdaptConfig) -> Scgan:
+    """SCGAN; ``layers`` is ignored (the translator works on images)."""
+    return Scgan(model, layers, config)

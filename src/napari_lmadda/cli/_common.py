@@ -1,7 +1,8 @@
 """Helpers shared by the ``lmadda`` sub-commands (not a sub-command itself).
 
-Option groups used by several commands (adaptation hyper-parameters), cooperative Ctrl-C,
-and the formatting of durations and progress lines.
+Option groups used by several commands (the source model and images, the adaptation
+hyper-parameters), cooperative Ctrl-C, and the formatting of durations and progress lines.
+Options are declared once, with their help and range (:mod:`napari_lmadda.options`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ImageReadError, OutputExistsError, OutputWriteError
+from ..options import add_arguments, option, values_from_args
 
 __all__ = [
+    "DomainArgs",
+    "add_domain_arguments",
     "add_adapt_options",
     "adapt_config_from_args",
     "cancel_on_sigint",
@@ -118,89 +123,45 @@ def load_model_one_line(path: str | Path, device: str = "cpu") -> Any:
         raise CheckpointError((first[:297] + "...") if len(first) > 300 else first) from None
 
 
+@dataclass(kw_only=True)
+class DomainArgs:
+    """``--model``, ``--source`` and ``--target``: what every adaptation command needs."""
+
+    model: str = option(help="source model file (napari-lmadda .pt, pix2pix latest_net_G.pth, "
+                        "or 'demo')", flag="--model", metavar="SRC.pt")
+    source: Path = option(help="folder of unlabeled source-microscope images", flag="--source")
+    target: Path = option(help="folder of unlabeled new-microscope images", flag="--target")
+
+
 def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--source`` and ``--target``: what every adaptation command needs."""
-    parser.add_argument("--model", required=True, metavar="SRC.pt",
-                        help="source model file (napari-lmadda .pt, pix2pix latest_net_G.pth, "
-                             "or 'demo')")
-    parser.add_argument("--source", type=Path, required=True,
-                        help="folder of unlabeled source-microscope images")
-    parser.add_argument("--target", type=Path, required=True,
-                        help="folder of unlabeled new-microscope images")
+    """Add ``--model``, ``--source`` and ``--target`` (:class:`DomainArgs`)."""
+    add_arguments(parser, DomainArgs)
 
 
-def _int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    return v
+#: the AdaptConfig options ``adapt`` and ``sweep`` put on the command line (in this order)
+ADAPT_FLAGS = ("steps", "lr_g", "lr_d", "batch_size", "patch_size", "eval_every", "criterion",
+               "patience", "device", "apma_parts", "apma_rec_weight", "adabn_stats",
+               "adabn_layers", "scgan_ngf", "scgan_blocks", "scgan_crop")
 
 
 def add_adapt_options(parser: argparse.ArgumentParser) -> None:
     """Add the adaptation hyper-parameters shared by ``adapt`` and ``sweep``.
 
+    Flags, help and choices come from the :class:`AdaptConfig` fields (:data:`ADAPT_FLAGS`).
     Every option defaults to None, meaning "the :class:`AdaptConfig` default"; validation
     happens in :class:`AdaptConfig` so the messages are the same as in the library.
     """
-    from ..adapt.config import ADABN_LAYERS, ADABN_STATS, CRITERIA, AdaptConfig
+    from ..adapt.config import AdaptConfig
 
-    d = AdaptConfig()
     g = parser.add_argument_group("adaptation options (defaults: AdaptConfig)")
-    g.add_argument("--steps", type=_int, default=None, help=f"training steps ({d.steps})")
-    g.add_argument("--lr-g", type=float, default=None, help=f"learning rate of G' ({d.lr_g:g})")
-    g.add_argument("--lr-d", type=float, default=None, help=f"learning rate of D ({d.lr_d:g})")
-    g.add_argument("--batch", type=_int, default=None,
-                   help=f"patches per domain and step ({d.batch_size})")
-    g.add_argument("--patch", type=_int, default=None,
-                   help=f"patch side, a multiple of 2**num_downs ({d.patch_size})")
-    g.add_argument("--eval-every", type=_int, default=None,
-                   help=f"steps between evaluations of the label-free criterion ({d.eval_every})")
-    g.add_argument("--criterion", choices=CRITERIA, default=None,
-                   help=f"label-free criterion that picks the kept state ({d.criterion})")
-    g.add_argument("--patience", type=_int, default=None,
-                   help="stop after this many evaluations without improvement (off)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
-    g.add_argument("--apma-parts", default=None, metavar="PARTS",
-                   help="apma: 'all' or parts joined by '+' from en, de_feat, de_pred "
-                        f"(e.g. en+de_feat) ({d.apma_parts})")
-    g.add_argument("--apma-rec-weight", type=float, default=None,
-                   help=f"apma: weight of the reconstruction loss ({d.apma_rec_weight:g})")
-    g.add_argument("--adabn-stats", choices=ADABN_STATS, default=None,
-                   help="adabn: exact statistics over all target patches, or a running "
-                        f"average ({d.adabn_stats})")
-    g.add_argument("--adabn-layers", choices=ADABN_LAYERS, default=None,
-                   help="adabn with --layer: BatchNorms of layers <= the largest given (upto), "
-                        f"or of exactly the given layers (listed) ({d.adabn_layers})")
-    g.add_argument("--scgan-ngf", type=_int, default=None,
-                   help=f"scgan: translator width ({d.scgan_ngf}; CycleGAN uses 64)")
-    g.add_argument("--scgan-blocks", type=int, default=None,
-                   help=f"scgan: translator residual blocks ({d.scgan_blocks})")
-    g.add_argument("--scgan-crop", type=int, default=None,
-                   help=f"scgan: train on random crops of this side, 0 = whole patches "
-                        f"({d.scgan_crop})")
+    add_arguments(g, AdaptConfig, names=ADAPT_FLAGS, config_defaults=True)
 
 
 def adapt_config_from_args(args: argparse.Namespace, **overrides: Any):
-    """Build an :class:`AdaptConfig` from the options of :func:`add_adapt_options`."""
+    """An :class:`AdaptConfig` from the parsed flags of its fields (given ones only)."""
     from ..adapt.config import AdaptConfig
 
-    kw: dict[str, Any] = {}
-    for opt, field in (("steps", "steps"), ("lr_g", "lr_g"), ("lr_d", "lr_d"),
-                       ("batch", "batch_size"), ("patch", "patch_size"),
-                       ("eval_every", "eval_every"), ("criterion", "criterion"),
-                       ("patience", "patience"), ("apma_parts", "apma_parts"),
-                       ("apma_rec_weight", "apma_rec_weight"), ("adabn_stats", "adabn_stats"),
-                       ("adabn_layers", "adabn_layers"), ("scgan_ngf", "scgan_ngf"),
-                       ("scgan_blocks", "scgan_blocks"), ("scgan_crop", "scgan_crop")):
-        v = getattr(args, opt, None)
-        if v is not None:
-            kw[field] = v
-    kw["device"] = args.device
-    if getattr(args, "seed", None) is not None:
-        kw["seed"] = args.seed
-    kw.update(overrides)
-    return AdaptConfig(**kw)
+    return AdaptConfig(**{**values_from_args(args, AdaptConfig), **overrides})
 
 
 @contextmanager

@@ -17,10 +17,14 @@ of the last evaluation then remains for ``--resume``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..adapt.engine import method_names
 from ..errors import ConfigError
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 
 NAME = "adapt"
 # methods built on the adversarial loop, which splits its batches over torchrun's processes
@@ -31,37 +35,40 @@ HELP = (
 )
 
 
+@dataclass(kw_only=True)
+class AdaptArgs:
+    """The options of ``adapt`` besides :class:`DomainArgs` and the AdaptConfig flags."""
+
+    method: str = option("lmadda", "adaptation method", flag="--method",
+                         choices=tuple(method_names()))
+    layer: str | None = option(None, "layer to match, 1..2*num_downs: '2', or '2,5' for "
+                               "lmadda-multi", flag="--layer", metavar="L")
+    out: Path = option(help="adapted model file to write", flag="--out", metavar="ADAPTED.pt")
+    overwrite: bool = option(False, "replace an existing --out", flag="--overwrite")
+    resume: bool = option(False, "continue an interrupted run from <out>.run (written at every "
+                          "evaluation); ends where an uninterrupted run would", flag="--resume")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``adapt`` to its parser."""
-    from ..adapt.engine import method_names
+    from ..adapt.config import AdaptConfig
     from ._common import add_adapt_options, add_domain_arguments
 
     add_domain_arguments(parser)
-    parser.add_argument("--method", choices=method_names(), default="lmadda",
-                        help="adaptation method (lmadda)")
-    parser.add_argument("--layer", default=None, metavar="L",
-                        help="layer to match, 1..2*num_downs: '2', or '2,5' for lmadda-multi")
-    parser.add_argument("--out", type=Path, required=True, metavar="ADAPTED.pt",
-                        help="adapted model file to write")
-    parser.add_argument("--seed", type=int, default=None, help="seed (0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from <out>.run (written at every "
-                             "evaluation); ends where an uninterrupted run would")
+    add_arguments_of(parser, AdaptArgs, names=("method", "layer", "out"))
+    add_arguments_of(parser, AdaptConfig, names=("seed",), config_defaults=True)
+    add_arguments_of(parser, AdaptArgs, names=("overwrite", "resume"))
     add_adapt_options(parser)
-    parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
-                        help="mixed precision of the training passes: bf16 (CPU or GPU) or "
-                             "fp16 (CUDA only) (off)")
+    add_arguments_of(parser, AdaptConfig, names=("amp",), config_defaults=True)
 
 
 def open_images(folder: Path, model: Any, option: str):
     """Open a folder as an :class:`ImageFolder` normalised like the model's inputs."""
     from ..data.datasets import ImageFolder
+    from ..data.normalize import model_percentiles
     from ._common import check_folder
 
-    meta = getattr(model, "meta", {}) or {}
-    pct = tuple(meta.get("input_percentiles") or (1.0, 99.8))
-    return ImageFolder(check_folder(folder, option), percentiles=(float(pct[0]), float(pct[1])))
+    return ImageFolder(check_folder(folder, option), percentiles=model_percentiles(model))
 
 
 def progress_line(ev: Any, last_step: Any, best_step: int) -> str:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data.synthetic import PROJECT_DOMAINS
 from ..errors import ConfigError, OutputExistsError
+from ..options import add_arguments as add_arguments_of
+from ..options import check_args, option
 
 NAME = "demo"
 HELP = (
@@ -32,49 +35,35 @@ SHIFTS = {k: v for k, v in PROJECT_DOMAINS.items() if k in ("brightfield", "over
 METHODS = ("none", "adabn", "adda", "lmadda")
 
 
+@dataclass(kw_only=True)
+class DemoArgs:
+    """The options of ``demo``."""
+
+    out: Path = option(Path("lmadda_demo"), "output folder", flag="--out",
+                       default_text="./lmadda_demo")
+    shift: str = option("brightfield", "the new microscope: bright field, overexposed 1.5x or "
+                        "magnified 2x phase contrast", flag="--shift", choices=tuple(SHIFTS))
+    layer: int = option(10, "layer LM-ADDA matches", flag="--layer", low=1,
+                        default_text="10: the best for CD29 on the bright-field benchmark, "
+                        "docs/benchmarks.md")
+    methods: str = option(",".join(METHODS), f"comma-separated subset of {','.join(METHODS)}",
+                          flag="--methods", default_text="")
+    steps: int = option(300, "adaptation steps", flag="--steps", low=1)
+    images: int = option(24, "unlabeled images per domain", flag="--images", low=1)
+    test_images: int = option(4, "labelled new-microscope fields for scoring",
+                              flag="--test-images", low=1)
+    model: str = option("demo", "source model", flag="--model", default_text="bundled demo")
+    seed: int = option(0, "seed of the adaptation runs", flag="--seed")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
+    quick: bool = option(False, "tiny run (a few steps, 64 px fields) to check the "
+                         "installation", flag="--quick")
+    overwrite: bool = option(False, "replace the results of an earlier demo in --out",
+                             flag="--overwrite")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``demo``."""
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("lmadda_demo"),
-        help="output folder (default: ./lmadda_demo)",
-    )
-    parser.add_argument(
-        "--shift",
-        choices=list(SHIFTS),
-        default="brightfield",
-        help="the new microscope: bright field (default), overexposed 1.5x "
-        "or magnified 2x phase contrast",
-    )
-    parser.add_argument(
-        "--layer",
-        type=int,
-        default=10,
-        help="layer LM-ADDA matches (default 10: the best for CD29 on the bright-field "
-        "benchmark, docs/benchmarks.md)",
-    )
-    parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help=f"comma-separated subset of {','.join(METHODS)}",
-    )
-    parser.add_argument("--steps", type=int, default=300, help="adaptation steps (300)")
-    parser.add_argument("--images", type=int, default=24, help="unlabeled images per domain (24)")
-    parser.add_argument(
-        "--test-images", type=int, default=4, help="labelled new-microscope fields for scoring (4)"
-    )
-    parser.add_argument("--model", default="demo", help="source model (default: bundled demo)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny run (a few steps, 64 px fields) to check the installation",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace the results of an earlier demo in --out"
-    )
+    add_arguments_of(parser, DemoArgs)
 
 
 def _figure(path: Path, test: dict, preds: dict[str, np.ndarray], names: list[str]) -> None:
@@ -110,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0."""
     import torch
 
-    from ..adapt.config import AdaptConfig
+    from ..adapt.config import AdaptConfig, eval_every_for
     from ..adapt.engine import iter_adapt
     from ..adapt.events import Evaluated, Finished
     from ..data.io import write_tiff
@@ -124,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods takes a subset of {','.join(METHODS)}, got {args.methods!r}")
-    if args.steps < 1 or args.images < 1 or args.test_images < 1:
-        raise ConfigError("--steps, --images and --test-images must be >= 1")
+    check_args(args, DemoArgs, names=("steps", "images", "test_images"))
     out = Path(args.out)
     if (out / "results.json").exists() and not args.overwrite:
         raise OutputExistsError(
@@ -171,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         steps=steps,
         batch_size=8 if not args.quick else 2,
         patch_size=patch,
-        eval_every=max(1, steps // 8),
+        eval_every=eval_every_for(steps, evaluations=8, at_most=steps),
         eval_patches=32 if not args.quick else 4,
         seed=args.seed,
         device=str(device),

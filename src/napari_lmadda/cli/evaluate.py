@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 
 NAME = "evaluate"
 HELP = (
@@ -12,38 +16,30 @@ HELP = (
 )
 
 
+@dataclass(kw_only=True)
+class EvaluateArgs:
+    """The options of ``evaluate``."""
+
+    pred: Path = option(help="folder of predictions", flag="--pred")
+    truth: Path = option(help="folder of ground truth", flag="--truth")
+    json: Path | None = option(None, "also write the results as JSON (nan/inf written as "
+                               "null)", flag="--json", metavar="OUT.json")
+    threshold: float | None = option(None, "foreground threshold: also compute Dice/Jaccard "
+                                     "of the masks (automatic when the truth is a binary mask)",
+                                     flag="--threshold")
+    metrics: str = option("pearson,ssim,psnr", "comma-separated intensity metrics",
+                          flag="--metrics", default_text="default pearson,ssim,psnr")
+    normalize: str = option("none", "normalise both images per image before SSIM/PSNR",
+                            flag="--normalize", choices=("none", "percentile"),
+                            default_text="default none: raw intensities")
+    overwrite: bool = option(False, "replace an existing --json", flag="--overwrite")
+    stop_on_error: bool = option(False, "stop at the first unreadable or mismatched pair "
+                                 "(default: skip it)", flag="--stop-on-error")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``evaluate`` to its parser."""
-    parser.add_argument("--pred", type=Path, required=True, help="folder of predictions")
-    parser.add_argument("--truth", type=Path, required=True, help="folder of ground truth")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="OUT.json",
-        help="also write the results as JSON (nan/inf written as null)",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="foreground threshold: also compute Dice/Jaccard of the masks "
-        "(automatic when the truth is a binary mask)",
-    )
-    parser.add_argument(
-        "--metrics",
-        default="pearson,ssim,psnr",
-        help="comma-separated intensity metrics (default pearson,ssim,psnr)",
-    )
-    parser.add_argument(
-        "--normalize",
-        choices=("none", "percentile"),
-        default="none",
-        help="normalise both images per image before SSIM/PSNR (default none: raw intensities)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
-    parser.add_argument("--stop-on-error", action="store_true",
-                        help="stop at the first unreadable or mismatched pair (default: skip it)")
+    """Add the options of ``evaluate`` to its parser (:class:`EvaluateArgs`)."""
+    add_arguments_of(parser, EvaluateArgs)
 
 
 def run(args: argparse.Namespace) -> int:

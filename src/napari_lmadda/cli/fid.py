@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..options import add_arguments as add_arguments_of
+from ..options import check_args, option
 
 NAME = "fid"
 HELP = (
@@ -12,27 +16,34 @@ HELP = (
 )
 
 
+@dataclass(kw_only=True)
+class FidArgs:
+    """The options of ``fid``."""
+
+    a: Path = option(help="first image folder (e.g. source-microscope images)", flag="--a",
+                     metavar="DIR")
+    b: Path = option(help="second image folder (e.g. new-microscope images)", flag="--b",
+                     metavar="DIR")
+    model: str = option("demo", "source model: its normalisation, and its bottleneck as the "
+                        "feature layer; an SCGAN model translates --b images first",
+                        flag="--model", metavar="M.pt")
+    weights: str | None = option(None, "another feature network: a napari-lmadda or pix2pix "
+                                 "model file (loaded weights-only)", flag="--weights",
+                                 metavar="W.pt", default_text="the source model")
+    layer: int | None = option(None, "feature layer of the feature network", flag="--layer",
+                               metavar="L", default_text="its bottleneck")
+    tile: int = option(128, "tile side; every tile gives one feature vector", flag="--tile",
+                       low=1)
+    subsets: int = option(100, "KID subsets", flag="--subsets", low=1)
+    subset_size: int = option(1000, "KID feature vectors per subset", flag="--subset-size",
+                              low=2, default_text="1000, capped at the set size")
+    seed: int = option(0, "seed of the KID subsets", flag="--seed")
+    device: str = option("cpu", "auto, cpu, cuda, cuda:N or mps", flag="--device")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fid`` to its parser."""
-    parser.add_argument("--a", type=Path, required=True, metavar="DIR",
-                        help="first image folder (e.g. source-microscope images)")
-    parser.add_argument("--b", type=Path, required=True, metavar="DIR",
-                        help="second image folder (e.g. new-microscope images)")
-    parser.add_argument("--model", default="demo", metavar="M.pt",
-                        help="source model: its normalisation, and its bottleneck as the "
-                             "feature layer; an SCGAN model translates --b images first (demo)")
-    parser.add_argument("--weights", default=None, metavar="W.pt",
-                        help="another feature network: a napari-lmadda or pix2pix model file "
-                             "(loaded weights-only); default: the source model")
-    parser.add_argument("--layer", type=int, default=None, metavar="L",
-                        help="feature layer of the feature network (its bottleneck)")
-    parser.add_argument("--tile", type=int, default=128,
-                        help="tile side; every tile gives one feature vector (128)")
-    parser.add_argument("--subsets", type=int, default=100, help="KID subsets (100)")
-    parser.add_argument("--subset-size", type=int, default=1000,
-                        help="KID feature vectors per subset (1000, capped at the set size)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the KID subsets (0)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (cpu)")
+    add_arguments_of(parser, FidArgs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.fid import fid_kid
     from ._common import check_folder, load_model_one_line
 
+    check_args(args, FidArgs)
     a = check_folder(args.a, "--a")
     b = check_folder(args.b, "--b")
     device = str(resolve_device(args.device))

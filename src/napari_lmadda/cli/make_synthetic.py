@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..data.synthetic import DEFAULT_MAGNITUDE, MODALITIES, SHIFTS
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 
 NAME = "make-synthetic"
 HELP = (
@@ -12,33 +17,32 @@ HELP = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``make-synthetic`` to its parser."""
-    from ..data.synthetic import DEFAULT_MAGNITUDE, MODALITIES, SHIFTS
+_DEFAULT_MAGNITUDES = ", ".join(
+    f"{k} {v:g}" for k, v in DEFAULT_MAGNITUDE.items() if k not in ("none", "brightfield"))
 
-    defaults = ", ".join(
-        f"{k} {v:g}" for k, v in DEFAULT_MAGNITUDE.items() if k not in ("none", "brightfield")
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--n", type=int, default=20, help="number of fields (default 20)")
-    parser.add_argument("--size", type=int, default=256, help="field size in pixels (default 256)")
-    parser.add_argument(
-        "--modality", choices=MODALITIES, default="phase", help="input modality (default phase)"
-    )
-    parser.add_argument(
-        "--shift", choices=sorted(SHIFTS), default="none", help="domain shift (default none)"
-    )
-    parser.add_argument(
-        "--magnitude",
-        type=float,
-        default=None,
-        help=f"shift strength (defaults: {defaults})",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument(
-        "--density", type=float, default=1.0, help="cell density multiplier (default 1)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files")
+
+@dataclass(kw_only=True)
+class MakeSyntheticArgs:
+    """The options of ``make-synthetic``."""
+
+    out: Path = option(help="output folder", flag="--out")
+    n: int = option(20, "number of fields", flag="--n", default_text="default 20")
+    size: int = option(256, "field size in pixels", flag="--size", default_text="default 256")
+    modality: str = option("phase", "input modality", flag="--modality", choices=MODALITIES,
+                           default_text="default phase")
+    shift: str = option("none", "domain shift", flag="--shift", choices=tuple(sorted(SHIFTS)),
+                        default_text="default none")
+    magnitude: float | None = option(None, "shift strength", flag="--magnitude",
+                                     default_text=f"defaults: {_DEFAULT_MAGNITUDES}")
+    seed: int = option(0, "base seed", flag="--seed", default_text="default 0")
+    density: float = option(1.0, "cell density multiplier", flag="--density",
+                            default_text="default 1")
+    overwrite: bool = option(False, "replace existing files", flag="--overwrite")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``make-synthetic`` to its parser (:class:`MakeSyntheticArgs`)."""
+    add_arguments_of(parser, MakeSyntheticArgs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 
 # plain tuples, cheap to import (no torch, no dask)
 AMP_MODES = ("off", "bf16", "fp16")
@@ -35,43 +39,46 @@ HELP = ("Predict the virtual stains of every image of a folder (tiled, seamless)
         "or OME-Zarr files, locally or on a dask cluster.")
 
 
+@dataclass(kw_only=True)
+class PredictArgs:
+    """The options of ``predict``."""
+
+    model: str = option(help="model file (or 'demo' for the bundled demo model)",
+                        flag="--model", metavar="MODEL.pt")
+    images: Path = option(help="folder of input images (or one image file, or one *.ome.zarr)",
+                          flag="--images")
+    out: Path = option(help="output folder (created)", flag="--out")
+    tile: int = option(256, "tile side in pixels", flag="--tile")
+    overlap: int = option(32, "overlap of neighbouring tiles in pixels", flag="--overlap")
+    batch: int = option(4, "tiles per forward pass", flag="--batch")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
+    overwrite: bool = option(False, "replace existing outputs", flag="--overwrite")
+    stop_on_error: bool = option(False, "stop at the first unreadable image instead of "
+                                 "skipping it", flag="--stop-on-error")
+    uncertainty: bool = option(False, "also write <stem>_trust.tif: the per-pixel standard "
+                               "deviation of several predictions (MC dropout, or "
+                               "flips/rotations without dropout)", flag="--uncertainty")
+    uncertainty_samples: int = option(8, "predictions per tile for --uncertainty",
+                                      flag="--uncertainty-samples", default_text="8; at most "
+                                      "8 are used with flips/rotations")
+    out_format: str = option("tiff", "output format: tiff (one float32 TIFF per input) or "
+                             "ome-zarr (OME-NGFF 0.5, written chunk by chunk; for images too "
+                             "large for TIFF)", flag="--format", choices=OUTPUT_FORMATS)
+    scheduler: str = option("threads", "dask scheduler: threads (local thread pool), "
+                            "synchronous (one thread, for debugging) or the address of a "
+                            "dask.distributed scheduler, e.g. tcp://node1:8786",
+                            flag="--scheduler", metavar="{threads,synchronous,ADDRESS}")
+    workers: int | None = option(None, "threads of the local threaded scheduler",
+                                 flag="--workers", default_text="the CPU count")
+    chunk: int = option(1024, "output chunk side in pixels: one blending task and one "
+                        "OME-Zarr chunk each", flag="--chunk")
+    amp: str = option("off", "mixed precision of the network: off (float32), bf16 or fp16 "
+                      "autocast", flag="--amp", choices=AMP_MODES)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``predict`` to its parser."""
-    parser.add_argument("--model", required=True, metavar="MODEL.pt",
-                        help="model file (or 'demo' for the bundled demo model)")
-    parser.add_argument("--images", type=Path, required=True,
-                        help="folder of input images (or one image file, or one *.ome.zarr)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--tile", type=int, default=256, help="tile side in pixels (256)")
-    parser.add_argument("--overlap", type=int, default=32,
-                        help="overlap of neighbouring tiles in pixels (32)")
-    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (4)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--stop-on-error", action="store_true",
-                        help="stop at the first unreadable image instead of skipping it")
-    parser.add_argument("--uncertainty", action="store_true",
-                        help="also write <stem>_trust.tif: the per-pixel standard deviation "
-                        "of several predictions (MC dropout, or flips/rotations without "
-                        "dropout)")
-    parser.add_argument("--uncertainty-samples", type=int, default=8,
-                        help="predictions per tile for --uncertainty (8; at most 8 are used "
-                        "with flips/rotations)")
-    parser.add_argument("--format", dest="out_format", choices=OUTPUT_FORMATS, default="tiff",
-                        help="output format: tiff (one float32 TIFF per input) or ome-zarr "
-                        "(OME-NGFF 0.5, written chunk by chunk; for images too large for TIFF)")
-    parser.add_argument("--scheduler", default="threads", metavar="{threads,synchronous,ADDRESS}",
-                        help="dask scheduler: threads (local thread pool), synchronous (one "
-                        "thread, for debugging) or the address of a dask.distributed scheduler, "
-                        "e.g. tcp://node1:8786 (threads)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="threads of the local threaded scheduler (the CPU count)")
-    parser.add_argument("--chunk", type=int, default=1024,
-                        help="output chunk side in pixels: one blending task and one OME-Zarr "
-                        "chunk each (1024)")
-    parser.add_argument("--amp", choices=AMP_MODES, default="off",
-                        help="mixed precision of the network: off (float32), bf16 or fp16 "
-                        "autocast (off)")
+    """Add the options of ``predict`` to its parser (:class:`PredictArgs`)."""
+    add_arguments_of(parser, PredictArgs)
 
 
 def run(args: argparse.Namespace) -> int:

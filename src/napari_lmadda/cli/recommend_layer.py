@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..options import add_arguments as add_arguments_of
+from ..options import check_args, option
 
 NAME = "recommend-layer"
 HELP = ("Recommend the layer to match from unlabeled source and target images: the domain gap "
@@ -22,30 +26,32 @@ def _short(path: Path) -> str:
     return "/".join(Path(path).resolve().parts[-2:])
 
 
+@dataclass(kw_only=True)
+class RecommendArgs:
+    """The options of ``recommend-layer`` besides :class:`DomainArgs`."""
+
+    patches: int = option(32, "patches per domain, at least 8", flag="--patches", low=8)
+    patch: int = option(128, "patch side, a multiple of 2**num_downs", flag="--patch")
+    probe_steps: int = option(60, "training steps of the discriminator probe per layer; 0 = "
+                              "no probe", flag="--probe-steps", low=0)
+    layers: str | None = option(None, "layers to measure, e.g. 1-8 or 1,2,5", flag="--layers",
+                                default_text="all")
+    fraction: float = option(0.5, "recommend the first layer whose gap reaches this fraction "
+                             "of the largest", flag="--fraction", low=0.0, high=1.0,
+                             low_open=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
+    seed: int = option(0, "seed of patches and probes", flag="--seed")
+    out: Path | None = option(None, "folder for recommend.json and recommend.png",
+                              flag="--out", default_text="not written without it")
+    overwrite: bool = option(False, "replace recommend.json/png in --out", flag="--overwrite")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``recommend-layer`` to its parser."""
-    from ._common import _int, add_domain_arguments
+    from ._common import add_domain_arguments
 
     add_domain_arguments(parser)
-    parser.add_argument("--patches", type=_int, default=32,
-                        help="patches per domain, at least 8 (32)")
-    parser.add_argument("--patch", type=_int, default=128,
-                        help="patch side, a multiple of 2**num_downs (128)")
-    parser.add_argument("--probe-steps", type=_int, default=60,
-                        help="training steps of the discriminator probe per layer; 0 = no "
-                        "probe (60)")
-    parser.add_argument("--layers", default=None,
-                        help="layers to measure, e.g. 1-8 or 1,2,5 (all)")
-    parser.add_argument("--fraction", type=float, default=0.5,
-                        help="recommend the first layer whose gap reaches this fraction of "
-                        "the largest (0.5)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
-    parser.add_argument("--seed", type=_int, default=0, help="seed of patches and probes (0)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for recommend.json and recommend.png (not written "
-                        "without it)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace recommend.json/png in --out")
+    add_arguments_of(parser, RecommendArgs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,12 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ._common import load_model_one_line
     from .adapt import open_images
 
-    if args.patches < 8:
-        raise ConfigError(f"--patches must be at least 8, got {args.patches}")
-    if args.probe_steps < 0:
-        raise ConfigError(f"--probe-steps must be >= 0, got {args.probe_steps}")
-    if not 0 < args.fraction <= 1:
-        raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
+    check_args(args, RecommendArgs)
     if args.out is not None and not args.overwrite:
         for name in ("recommend.json", "recommend.png"):
             if (args.out / name).exists():

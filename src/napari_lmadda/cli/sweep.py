@@ -8,7 +8,11 @@ Ctrl-C stops after the current run (its best state is still scored) and writes w
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..options import add_arguments as add_arguments_of
+from ..options import check_args, option
 
 NAME = "sweep"
 HELP = (
@@ -29,32 +33,38 @@ def _short(path: Path) -> str:
     return "/".join(Path(path).resolve().parts[-2:])
 
 
+@dataclass(kw_only=True)
+class SweepArgs:
+    """The options of ``sweep`` besides :class:`DomainArgs` and the AdaptConfig flags."""
+
+    truth: list[Path] | None = option(
+        None, "ground truth of the target images: a folder with one sub-folder per output "
+        "channel (named like the channel names, lower case), or the option once per channel",
+        flag="--truth", repeat=True)
+    eval_images: Path | None = option(None, "images to score with --truth",
+                                      flag="--eval-images", default_text="the --target images")
+    layers: str = option("1-16", "layers for LM-ADDA", flag="--layers")
+    methods: str = option("none,adabn,adda", "baselines to run too, comma-separated ('' for "
+                          "none)", flag="--methods")
+    seeds: list[int] = option([0], "seeds, e.g. 0,1,2", flag="--seeds", cli_type=_ints,
+                              default_text="0")
+    tile: int = option(256, "tile side for scoring", flag="--tile", low=1)
+    out: Path = option(help="output folder", flag="--out")
+    overwrite: bool = option(False, "replace sweep.json/csv/png in --out", flag="--overwrite")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``sweep`` to its parser."""
     from ._common import add_adapt_options, add_domain_arguments
 
     add_domain_arguments(parser)
-    parser.add_argument("--truth", type=Path, action="append", default=None,
-                        help="ground truth of the target images: a folder with one sub-folder "
-                        "per output channel (named like the channel names, lower case), or "
-                        "the option once per channel")
-    parser.add_argument("--eval-images", type=Path, default=None,
-                        help="images to score with --truth (default: the --target images)")
-    parser.add_argument("--layers", default="1-16", help="layers for LM-ADDA (1-16)")
-    parser.add_argument("--methods", default="none,adabn,adda",
-                        help="baselines to run too, comma-separated ('' for none) "
-                        "(none,adabn,adda)")
-    parser.add_argument("--seeds", type=_ints, default=[0], help="seeds, e.g. 0,1,2 (0)")
-    parser.add_argument("--tile", type=int, default=256, help="tile side for scoring (256)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace sweep.json/csv/png in --out")
+    add_arguments_of(parser, SweepArgs)
     add_adapt_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, print one line per run, then the table; write the files."""
-    from ..errors import ConfigError, OutputExistsError
+    from ..errors import OutputExistsError
     from ..evaluation.sweep import (
         format_sweep_table,
         iter_sweep,
@@ -75,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "sweep.json").exists() and not args.overwrite:
         raise OutputExistsError(f"'{out / 'sweep.json'}' already exists (use --overwrite)")
-    if args.tile < 1:
-        raise ConfigError(f"--tile must be >= 1, got {args.tile}")
+    check_args(args, SweepArgs)
     cfg = adapt_config_from_args(args)
     model = load_model_one_line(args.model, "cpu")
     source = open_images(args.source, model, "--source")

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data.datasets import PairedDataset, PlaneDataset
+from ..options import add_arguments as add_arguments_of
+from ..options import option
 from ..training.source import TARGET_RANGE
 
 NAME = "train-source"
@@ -28,39 +31,43 @@ HELP = (
     "channel, files matched by name)."
 )
 
+@dataclass(kw_only=True)
+class TrainSourceArgs:
+    """The options of ``train-source``."""
+
+    inputs: Path = option(help="folder of input images", flag="--inputs")
+    targets: list[Path] = option(help="folder of target images of one output channel; repeat "
+                                 "the option for several channels", flag="--targets",
+                                 repeat=True)
+    out: Path = option(help="model file to write (best validation state; the last state goes "
+                       "to MODEL_last.pt)", flag="--out", metavar="MODEL.pt")
+    channel_names: str | None = option(None, "names of the output channels",
+                                       flag="--channel-names", metavar="DAPI,CD29",
+                                       default_text="default: the target folder names")
+    steps: int = option(2000, "training steps", flag="--steps")
+    batch: int = option(8, "patches per step", flag="--batch")
+    patch: int = option(256, "patch side, a multiple of 2**num-downs", flag="--patch")
+    lr: float = option(2e-4, "Adam learning rate", flag="--lr", default_text="2e-4")
+    lambda_gan: float = option(0.0, "weight of the conditional PatchGAN loss; 0 = L1 only",
+                               flag="--lambda-gan")
+    num_downs: int = option(8, "UNet depth: 8 = pix2pix unet_256, 7 = unet_128",
+                            flag="--num-downs")
+    ngf: int = option(64, "filters of the first layer", flag="--ngf")
+    norm: str = option("batch", "normalisation layers", flag="--norm",
+                       choices=("batch", "instance", "none"))
+    val_fraction: float = option(0.2, "fraction of the files held out for validation",
+                                 flag="--val-fraction")
+    val_patches: int = option(32, "fixed validation patches", flag="--val-patches")
+    eval_every: int | None = option(None, "steps between validations", flag="--eval-every",
+                                    default_text="default: steps/20, at least 1")
+    seed: int = option(0, "seed of initialisation, split and sampling", flag="--seed")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
+    overwrite: bool = option(False, "replace an existing --out", flag="--overwrite")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``train-source`` to its parser."""
-    parser.add_argument("--inputs", type=Path, required=True, help="folder of input images")
-    parser.add_argument("--targets", type=Path, action="append", required=True,
-                        help="folder of target images of one output channel; repeat the "
-                        "option for several channels")
-    parser.add_argument("--out", type=Path, required=True, metavar="MODEL.pt",
-                        help="model file to write (best validation state; the last state "
-                        "goes to MODEL_last.pt)")
-    parser.add_argument("--channel-names", default=None, metavar="DAPI,CD29",
-                        help="names of the output channels (default: the target folder names)")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (2000)")
-    parser.add_argument("--batch", type=int, default=8, help="patches per step (8)")
-    parser.add_argument("--patch", type=int, default=256,
-                        help="patch side, a multiple of 2**num-downs (256)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (2e-4)")
-    parser.add_argument("--lambda-gan", type=float, default=0.0,
-                        help="weight of the conditional PatchGAN loss; 0 = L1 only (0)")
-    parser.add_argument("--num-downs", type=int, default=8,
-                        help="UNet depth: 8 = pix2pix unet_256, 7 = unet_128 (8)")
-    parser.add_argument("--ngf", type=int, default=64, help="filters of the first layer (64)")
-    parser.add_argument("--norm", choices=("batch", "instance", "none"), default="batch",
-                        help="normalisation layers (batch)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="fraction of the files held out for validation (0.2)")
-    parser.add_argument("--val-patches", type=int, default=32,
-                        help="fixed validation patches (32)")
-    parser.add_argument("--eval-every", type=int, default=None,
-                        help="steps between validations (default: steps/20, at least 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, split and "
-                        "sampling (0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    """Add the options of ``train-source`` to its parser (:class:`TrainSourceArgs`)."""
+    add_arguments_of(parser, TrainSourceArgs)
 
 
 class _Subset(PlaneDataset):

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "DEFAULT_PERCENTILES",
+    "model_percentiles",
     "NETWORK_RANGE",
     "NormParams",
     "NormalizationWarning",
@@ -31,6 +32,23 @@ __all__ = [
 
 #: Default (low, high) percentiles of per-image input normalisation.
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+
+
+def model_percentiles(model_or_meta: Any) -> tuple[float, float]:
+    """The input percentiles a model was trained with (its ``meta``), else the default.
+
+    Parameters
+    ----------
+    model_or_meta : model or mapping
+        A model with a ``meta`` dict, or that dict (``input_percentiles``); None or a model
+        without them gives :data:`DEFAULT_PERCENTILES`.
+    """
+    meta = model_or_meta if isinstance(model_or_meta, dict) else getattr(
+        model_or_meta, "meta", None)
+    pct = (meta or {}).get("input_percentiles") or DEFAULT_PERCENTILES
+    return float(pct[0]), float(pct[1])
+
+
 #: The range the network works in: ``lo`` maps to the first value, ``hi`` to the second.
 NETWORK_RANGE: tuple[float, float] = (-1.0, 1.0)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.normalize import model_percentiles
 from ..errors import ConfigError
 
 __all__ = [
@@ -169,7 +170,7 @@ def image_features(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     meta = getattr(model, "meta", {}) or {}
-    pct = percentiles or meta.get("input_percentiles") or (1.0, 99.8)
+    pct = percentiles or model_percentiles(meta)
     ds = _as_dataset(images, pct)
     dev = next(model.parameters()).device
     modes = [(mod, mod.training) for mod in model.modules()]

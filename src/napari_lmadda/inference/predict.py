@@ -202,7 +202,7 @@ def predict_image(
     """
     import torch
 
-    from ..data.normalize import percentile_normalize
+    from ..data.normalize import model_percentiles, percentile_normalize
 
     img = np.asarray(image)
     if img.ndim != 2 or img.size == 0:
@@ -214,7 +214,7 @@ def predict_image(
     _check_grey_model(model)
     meta = getattr(model, "meta", {}) or {}
     if normalize:
-        p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
+        p_low, p_high = model_percentiles(meta)
         x, _ = percentile_normalize(img, p_low, p_high)
     else:
         x = img.astype(np.float32)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.normalize import model_percentiles
 from ..errors import ConfigError, LmaddaError
 from .predict import AMP_MODES, FolderReport, _check_grey_model, autocast, blend_window, tile_grid
 
@@ -346,8 +347,7 @@ def _lazy_prediction(
     stain = tuple(float(v) for v in meta.get("target_range", (0.0, 1.0))) if to_stain else None
     percentiles = None
     if normalize:
-        p_low, p_high = meta.get("input_percentiles", (1.0, 99.8))
-        percentiles = (float(p_low), float(p_high))
+        percentiles = model_percentiles(meta)
     # groups of up to batch_size neighbouring tiles of one tile row: one forward pass each
     specs: list[tuple[int, list[int], tuple[int, int, int, int], np.ndarray, list]] = []
     for r in sorted({r for r, _ in grid.coords}):

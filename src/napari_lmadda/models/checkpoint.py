@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..data.normalize import DEFAULT_PERCENTILES
 from ..errors import CheckpointError, ConfigError, LmaddaError
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
 from .translated import TranslatedModel, Translator, TranslatorConfig
@@ -53,7 +54,7 @@ FORMAT_VERSION = 2  # the newest version read; plain models are still written as
 _TRANSLATED_VERSION = 2
 DEFAULT_META: dict[str, Any] = {
     "channel_names": None,  # e.g. ["DAPI", "CD29"]; None -> "channel 0", ...
-    "input_percentiles": [1.0, 99.8],
+    "input_percentiles": list(DEFAULT_PERCENTILES),
     "target_range": [0.0, 1.0],  # tanh output [-1, 1] maps to this range
     "provenance": {},
 }
