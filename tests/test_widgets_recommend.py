@@ -66,7 +66,7 @@ def test_method_combo_lists_engine_methods(docks, monkeypatch):
     from napari_lmadda.adapt.config import AdaptConfig
 
     if "apma" in combo and "apma_parts" in AdaptConfig.__dataclass_fields__:
-        parts = adapt.option_combos["apma_parts"]
+        parts = adapt.option_fields["apma_parts"]
         adapt.set_method("apma")
         assert not parts.isHidden() and adapt.layers() == ()
         parts.setCurrentText("en+de_feat")

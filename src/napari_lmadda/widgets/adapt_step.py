@@ -39,6 +39,7 @@ from .devices import DeviceCombo
 from .image_sets import images_for_adaptation
 from .marked_slider import MarkedSlider
 from .messages import notify
+from .option_form import option_widget, widget_value
 from .plots import MARK_COLOUR, LossPlot, PlotTabs
 from .recommend_panel import NO_ADAPTATION, RecommendPanel
 from .sci_spinbox import ScientificSpinBox
@@ -50,8 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "AdaptStep",
     "METHOD_LABELS",
-    "METHOD_OPTIONS",
     "default_layer",
+    "dock_options",
     "layer_mode",
     "method_label",
     "outcome_text",
@@ -70,21 +71,6 @@ METHOD_LABELS: dict[str, str] = {
 }
 #: how a method takes layers: "one" (the slider), "range" (the range slider); others take none
 _LAYER_MODES: dict[str, str] = {"adabn": "one", "lmadda": "one", "lmadda-multi": "range"}
-#: method -> extra options shown in the dock: (AdaptConfig field, label, choices). A row
-#: appears only when AdaptConfig has the field.
-METHOD_OPTIONS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
-    "apma": (("apma_parts", "Parts", ("all", "en", "de_feat", "de_pred", "en+de_feat")),),
-    "adabn": (("adabn_stats", "Statistics", ("cumulative", "momentum")),
-              ("adabn_layers", "BatchNorms", ("upto", "listed"))),
-}
-_OPTION_TIPS = {
-    "apma_parts": "APMA parts: en = reconstruction decoder on the encoder, de_feat = "
-                  "discriminator on the last decoder features, de_pred = on the predictions",
-    "adabn_stats": "cumulative: exact statistics over all target batches; momentum: torch's "
-                   "running average starting from the source statistics",
-    "adabn_layers": "upto: the BatchNorms of layers 1 to the chosen layer; listed: only those "
-                    "of the chosen layer",
-}
 _RED = "#e06c6c"
 #: the GUI redraws progress and plot at most this often during a run
 REFRESH_MS = 1000
@@ -98,6 +84,15 @@ def method_label(method: str) -> str:
 def layer_mode(method: str) -> str:
     """How ``method`` takes layers: ``"one"``, ``"range"`` or ``"none"``."""
     return _LAYER_MODES.get(method, "none")
+
+
+def dock_options(method: str) -> list[str]:
+    """The options of ``method`` shown in the dock (marked ``dock``), by their flat name."""
+    from ..adapt.config import AdaptConfig
+    from ..options import iter_options
+
+    return [name for name, _, opt, _ in iter_options(AdaptConfig)
+            if opt.dock and name.split("_")[0] == method]
 
 
 def default_layer(num_layers: int, recommended: int | None = None) -> int:
@@ -170,6 +165,7 @@ class AdaptStep(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         from ..adapt.config import AdaptConfig
         from ..adapt.engine import method_names
+        from ..options import control
 
         super().__init__()
         self.viewer = unwrap(napari_viewer)
@@ -197,24 +193,19 @@ class AdaptStep(QWidget):
         self.range_slider.valueChanged.connect(self._update_layer_label)
         self.layer_label = QLabel()
         self.layer_label.setWordWrap(True)
-        self.option_combos: dict[str, QComboBox] = {}
-        for method, options in METHOD_OPTIONS.items():
-            for field_name, _, choices in options:
-                if field_name in AdaptConfig.__dataclass_fields__:
-                    combo = QComboBox()
-                    combo.addItems(list(choices))
-                    default = getattr(defaults, field_name)
-                    if str(default) in choices:
-                        combo.setCurrentText(str(default))
-                    combo.setProperty("lmadda_method", method)
-                    combo.setToolTip(_OPTION_TIPS.get(field_name, ""))
-                    self.option_combos[field_name] = combo
+        self.option_fields: dict[str, QWidget] = {}
+        self._option_controls: dict[str, Any] = {}
+        for method in method_names():
+            for name in dock_options(method):
+                ctl = control(AdaptConfig, name)
+                field = option_widget(ctl)
+                field.setProperty("lmadda_method", method)
+                self.option_fields[name] = field
+                self._option_controls[name] = ctl
 
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(defaults.steps)
-        self.steps_spin.setToolTip("Training steps; the best state by a label-free criterion "
-                                   "is kept")
         self.lr_g_spin = ScientificSpinBox(defaults.lr_g)
         self.lr_d_spin = ScientificSpinBox(defaults.lr_d)
         self.batch_spin = QSpinBox()
@@ -229,6 +220,10 @@ class AdaptStep(QWidget):
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setValue(defaults.seed)
         self.device_combo = DeviceCombo()
+        for name, w in (("steps", self.steps_spin), ("lr_g", self.lr_g_spin),
+                        ("lr_d", self.lr_d_spin), ("batch_size", self.batch_spin),
+                        ("patch_size", self.patch_spin), ("seed", self.seed_spin)):
+            w.setToolTip(control(AdaptConfig, name).tooltip)
 
         self.run_btn = QPushButton("Run")
         self.run_btn.clicked.connect(self.run)
@@ -255,10 +250,8 @@ class AdaptStep(QWidget):
         form = QFormLayout()
         form.setVerticalSpacing(3)
         form.addRow("Method", self.method_combo)
-        for options in METHOD_OPTIONS.values():
-            for field_name, label, _ in options:
-                if field_name in self.option_combos:
-                    form.addRow(label, self.option_combos[field_name])
+        for name, field in self.option_fields.items():
+            form.addRow(self._option_controls[name].label, field)
         form.addRow("Layer", self.layer_slider)
         form.addRow("Layers", self.range_slider)
         form.addRow(self.layer_label)
@@ -328,11 +321,12 @@ class AdaptStep(QWidget):
         ConfigError
             A value is out of range.
         """
-        from ..adapt.config import AdaptConfig
+        from ..adapt.config import AdaptConfig, eval_every_for
 
         steps = int(self.steps_spin.value())
-        options = {name: combo.currentText() for name, combo in self.option_combos.items()
-                   if combo.property("lmadda_method") == self.method}
+        options = {name: widget_value(w, self._option_controls[name])
+                   for name, w in self.option_fields.items()
+                   if w.property("lmadda_method") == self.method}
         return AdaptConfig(
             steps=steps,
             batch_size=int(self.batch_spin.value()),
@@ -341,7 +335,7 @@ class AdaptStep(QWidget):
             lr_d=float(self.lr_d_spin.value()),
             seed=int(self.seed_spin.value()),
             device=self.device_combo.device(),
-            eval_every=max(1, min(50, steps // 4 or 1)),
+            eval_every=eval_every_for(steps),
             **options,
         )
 
@@ -504,7 +498,7 @@ class AdaptStep(QWidget):
         rec_btn.setText("Recommending…" if recommending else "Recommend layer")
         for w in (self.method_combo, self.layer_slider, self.range_slider, self.steps_spin,
                   self.lr_g_spin, self.lr_d_spin, self.batch_spin, self.patch_spin,
-                  self.seed_spin, self.device_combo, *self.option_combos.values()):
+                  self.seed_spin, self.device_combo, *self.option_fields.values()):
             w.setEnabled(not busy)
 
     def _on_model(self, model: Any) -> None:
@@ -548,8 +542,8 @@ class AdaptStep(QWidget):
         self._set_row_visible(self.range_slider, mode == "range")
         self.layer_label.setVisible(mode != "none")
         self.recommender.setVisible(mode != "none")
-        for combo in self.option_combos.values():
-            self._set_row_visible(combo, combo.property("lmadda_method") == self.method)
+        for field in self.option_fields.values():
+            self._set_row_visible(field, field.property("lmadda_method") == self.method)
         self._update_layer_label()
 
     def _set_row_visible(self, field: QWidget, visible: bool) -> None:

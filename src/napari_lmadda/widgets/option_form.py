@@ -1,155 +1,148 @@
-"""A form built from options that describe themselves (name, type, default, choices, help).
+"""Fields built from options that describe themselves (:mod:`napari_lmadda.options`).
 
-The dock does not copy a command's options: :func:`specs_from_parser` reads them from the
-command's own argparse parser (its flags, types, defaults, choices and help), and
-:class:`OptionForm` makes one field per option, its help as the tooltip. A new option of the
-command shows up in the dock without a change here.
+The dock copies no option: :func:`option_widget` makes the field a
+:class:`~napari_lmadda.options.Control` asks for (combo box, spin box, check box, text) with
+its label, tooltip, range and default; :class:`OptionForm` lays out the options of a
+dataclass (a command's arguments, a configuration) in columns. A new option of the command
+shows up in the dock without a change here.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+import math
 from typing import Any
 
-from qtpy.QtWidgets import QComboBox, QGridLayout, QLabel, QLineEdit, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QLabel,
+    QLineEdit,
+    QSpinBox,
+    QWidget,
+)
 
 from .sci_spinbox import ScientificSpinBox
 
-__all__ = ["OptionSpec", "OptionForm", "specs_from_parser"]
+__all__ = ["OptionForm", "option_widget", "widget_value", "set_widget_value"]
+
+_AUTO = "auto"
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    """One option: ``name`` (the argparse dest), a label, its kind and default, its help."""
+def option_widget(ctl: Any) -> QWidget:
+    """A field for one :class:`~napari_lmadda.options.Control`, tooltip and default set."""
+    if ctl.kind in ("combo", "editable_combo"):
+        w: QWidget = QComboBox()
+        w.setEditable(ctl.kind == "editable_combo")
+        w.addItems([str(c) for c in ctl.choices])
+        if ctl.default is not None:
+            w.setCurrentText(str(ctl.default))
+    elif ctl.kind == "check":
+        w = QCheckBox()
+        w.setChecked(bool(ctl.default))
+    elif ctl.kind == "int":
+        w = QSpinBox()
+        lo = int(ctl.low) if ctl.low is not None else 0
+        w.setRange(lo - (1 if ctl.default is None else 0),
+                   int(ctl.high) if ctl.high is not None else 2**31 - 1)
+        if ctl.default is None:  # one below the range stands for "not given"
+            w.setSpecialValueText(_AUTO)
+            w.setValue(w.minimum())
+        else:
+            w.setValue(int(ctl.default))
+    elif ctl.kind == "float":
+        lo = float(ctl.low) if ctl.low is not None else 0.0
+        hi = float(ctl.high) if ctl.high is not None else 1e9
+        default = float(ctl.default or 0.0)
+        if 0 < abs(default) < 0.01:  # learning rates: 3e-5, halved/doubled by the arrows
+            w = ScientificSpinBox(default, max(lo, 1e-12), hi)
+        else:
+            w = QDoubleSpinBox()
+            w.setDecimals(3)
+            w.setRange(lo, hi if math.isfinite(hi) else 1e9)
+            w.setSingleStep(0.05 if hi <= 1 else 1.0)
+            w.setValue(default)
+    else:
+        w = QLineEdit()
+        w.setText("" if ctl.default is None else str(ctl.default))
+    w.setToolTip(ctl.tooltip)
+    w.setProperty("lmadda_option", ctl.name)
+    return w
 
-    name: str
-    label: str
-    kind: str  # "int", "float", "choice", "text"
-    default: Any
-    help: str = ""
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
+
+def widget_value(w: QWidget, ctl: Any) -> Any:
+    """The value a field holds (None for an integer left at ``auto``)."""
+    if isinstance(w, QComboBox):
+        return w.currentText()
+    if isinstance(w, QCheckBox):
+        return w.isChecked()
+    if isinstance(w, QSpinBox):
+        v = int(w.value())
+        return None if ctl.default is None and v == w.minimum() else v
+    if isinstance(w, QDoubleSpinBox):
+        return float(w.value())
+    text = w.text().strip()
+    return text or ctl.default
 
 
-def _kind(action: argparse.Action) -> str:
-    if action.choices:
-        return "choice"
-    t = action.type
-    if t is float or isinstance(action.default, float):
-        return "float"
-    if t is int or getattr(t, "__name__", "") in ("_int", "int") or \
-            isinstance(action.default, int) and not isinstance(action.default, bool):
-        return "int"
-    return "text"
-
-
-def specs_from_parser(parser: argparse.ArgumentParser, skip: set[str] = frozenset(),
-                      labels: dict[str, str] | None = None) -> list[OptionSpec]:
-    """Describe the value options of an argparse parser (flags, store_true and help skipped).
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The command's parser.
-    skip : set of str
-        Dests handled elsewhere (folders, output file, device, ...).
-    labels : dict, optional
-        Shorter labels for some dests; otherwise the flag without dashes.
-    """
-    out = []
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of actions
-        if (not action.option_strings or action.dest in skip or action.nargs == 0
-                or isinstance(action, argparse._AppendAction)):  # noqa: SLF001
-            continue
-        flag = max(action.option_strings, key=len).lstrip("-").replace("-", " ")
-        label = (labels or {}).get(action.dest, flag)
-        out.append(OptionSpec(action.dest, label, _kind(action), action.default,
-                              (action.help or "").replace("%%", "%"),
-                              tuple(str(c) for c in action.choices or ())))
-    return out
+def set_widget_value(w: QWidget, value: Any) -> None:
+    """Put ``value`` in a field (None sets an integer to ``auto``)."""
+    if isinstance(w, QComboBox):
+        w.setCurrentText(str(value))
+    elif isinstance(w, QCheckBox):
+        w.setChecked(bool(value))
+    elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+        w.setValue(value if value is not None else w.minimum())
+    else:
+        w.setText("" if value is None else str(value))
 
 
 class OptionForm(QWidget):
-    """One field per option, in ``columns`` columns of label + field.
+    """The options of a dataclass, one labelled field each, in ``columns`` columns.
 
     Parameters
     ----------
-    specs : list of OptionSpec
-        The options.
+    cls : dataclass type
+        Whose options are shown (fields declared with :func:`napari_lmadda.options.option`).
+    skip : set of str
+        Options shown elsewhere (folders, output file, device, ...).
+    labels : dict, optional
+        Shorter labels for a narrow dock (the option's own label otherwise).
     columns : int
         Label/field pairs per row.
     """
 
-    def __init__(self, specs: list[OptionSpec], columns: int = 2) -> None:
+    def __init__(self, cls: type, skip: set[str] = frozenset(),
+                 labels: dict[str, str] | None = None, columns: int = 2) -> None:
+        from ..options import control, iter_options
+
         super().__init__()
-        self.specs = {s.name: s for s in specs}
+        self.controls = {n: control(cls, n) for n, f, opt, tp in iter_options(cls)
+                         if n not in skip}
         self.fields: dict[str, QWidget] = {}
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(6)
         grid.setVerticalSpacing(3)
-        for i, spec in enumerate(specs):
-            field = self._make(spec)
-            field.setToolTip(spec.help)
-            label = QLabel(spec.label)
-            label.setToolTip(spec.help)
+        for i, (name, ctl) in enumerate(self.controls.items()):
+            field = option_widget(ctl)
+            label = QLabel((labels or {}).get(name, ctl.label))
+            label.setToolTip(ctl.tooltip)
             r, c = divmod(i, columns)
             grid.addWidget(label, r, 2 * c)
             grid.addWidget(field, r, 2 * c + 1)
-            self.fields[spec.name] = field
+            self.fields[name] = field
         for c in range(columns):
             grid.setColumnStretch(2 * c + 1, 1)
 
-    @staticmethod
-    def _make(spec: OptionSpec) -> QWidget:
-        if spec.kind == "choice":
-            w = QComboBox()
-            w.addItems(list(spec.choices))
-            if spec.default is not None:
-                w.setCurrentText(str(spec.default))
-            return w
-        if spec.kind == "int":
-            w = QSpinBox()
-            w.setRange(int(spec.minimum if spec.minimum is not None else 0),
-                       int(spec.maximum if spec.maximum is not None else 10_000_000))
-            if spec.default is None:
-                w.setSpecialValueText("auto")  # the minimum stands for "not given"
-                w.setValue(w.minimum())
-            else:
-                w.setValue(int(spec.default))
-            return w
-        if spec.kind == "float":
-            lo = spec.minimum if spec.minimum is not None else 0.0
-            hi = spec.maximum if spec.maximum is not None else 1e6
-            return ScientificSpinBox(float(spec.default or 0.0), lo, hi)
-        w = QLineEdit()
-        w.setText("" if spec.default is None else str(spec.default))
-        return w
-
     def value(self, name: str) -> Any:
-        """The value of one option (None for an ``auto`` integer)."""
-        w, spec = self.fields[name], self.specs[name]
-        if isinstance(w, QComboBox):
-            return w.currentText()
-        if isinstance(w, ScientificSpinBox):
-            return float(w.value())
-        if isinstance(w, QSpinBox):
-            v = int(w.value())
-            return None if spec.default is None and v == w.minimum() else v
-        text = w.text().strip()
-        return text or spec.default
+        """The value of one option."""
+        return widget_value(self.fields[name], self.controls[name])
 
     def set_value(self, name: str, value: Any) -> None:
         """Set one option's field."""
-        w = self.fields[name]
-        if isinstance(w, QComboBox):
-            w.setCurrentText(str(value))
-        elif isinstance(w, (QSpinBox, ScientificSpinBox)):
-            w.setValue(value if value is not None else w.minimum())
-        else:
-            w.setText("" if value is None else str(value))
+        set_widget_value(self.fields[name], value)
 
     def values(self) -> dict[str, Any]:
         """Every option's value by name."""

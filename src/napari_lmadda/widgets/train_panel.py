@@ -10,7 +10,6 @@ and keeps the best validated state. When it ends the model is loaded into the Mo
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,30 +33,22 @@ from ..errors import LmaddaError
 from . import worker as workers
 from .devices import DeviceCombo
 from .messages import notify
-from .option_form import OptionForm, specs_from_parser
+from .option_form import OptionForm
 from .plots import ValidationPlot
 from .state import get_state, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["TrainPanel", "train_specs"]
+__all__ = ["TrainPanel"]
 
 #: handled by the panel's own fields, not the option form
 _OWN = {"inputs", "targets", "out", "channel_names", "device", "overwrite"}
-_LABELS = {"lambda_gan": "GAN weight", "num_downs": "down blocks", "val_fraction": "val. files",
-           "val_patches": "val. patches", "eval_every": "validate every"}
+_LABELS = {"lambda_gan": "GAN weight", "num_downs": "Down blocks", "val_fraction": "Val. files",
+           "val_patches": "Val. patches", "eval_every": "Validate every", "lr": "LR",
+           "ngf": "Filters"}
 #: GUI refreshes at most this often during training (each costs a full window repaint)
 REFRESH_MS = 1000
-
-
-def train_specs() -> list[Any]:
-    """The options of ``lmadda train-source`` (from its parser) the form shows."""
-    from ..cli.train_source import add_arguments
-
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    return specs_from_parser(parser, skip=_OWN, labels=_LABELS)
 
 
 class _FolderRow(QWidget):
@@ -111,7 +102,9 @@ class TrainPanel(QWidget):
         self.names_edit = QLineEdit()
         self.names_edit.setPlaceholderText("stain names, e.g. DAPI,CD29 (default: folder names)")
         self.out = _FolderRow("model file to write, e.g. my_model.pt", self._pick_out)
-        self.form = OptionForm(train_specs(), columns=2)
+        from ..cli.train_source import TrainSourceArgs
+
+        self.form = OptionForm(TrainSourceArgs, skip=_OWN, labels=_LABELS, columns=2)
         self.device_combo = DeviceCombo()
 
         self.train_btn = QPushButton("Train")
@@ -233,7 +226,13 @@ class TrainPanel(QWidget):
         if out.exists():
             raise ConfigError(f"'{out}' already exists; choose another name (nothing is "
                               "overwritten)")
+        from ..cli.train_source import TrainSourceArgs
+        from ..options import validate
+
         v = self.form.values()
+        args = TrainSourceArgs(inputs=Path(inputs).expanduser(), targets=targets, out=out,
+                               device=self.device_combo.device(), **v)
+        validate(args)  # one line naming the option out of range
         steps = int(v.get("steps") or 1)
         eval_every = v.get("eval_every") or max(1, steps // 20)
         config = SourceTrainConfig(
@@ -244,7 +243,8 @@ class TrainPanel(QWidget):
         names = [n for n in self.names_edit.text().split(",") if n.strip()]
         arch = {k: v[k] for k in ("num_downs", "ngf", "norm") if k in v}
         return TrainRequest(Path(inputs).expanduser(), targets, out, config, names, arch,
-                            float(v.get("val_fraction", 0.2)), int(v.get("val_patches") or 32))
+                            float(v.get("val_fraction", 0.2)), int(v.get("val_patches") or 32),
+                            args)
 
     # ------------------------------------------------------------------ run
     def train(self) -> bool:

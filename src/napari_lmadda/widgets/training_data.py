@@ -39,6 +39,8 @@ class TrainRequest:
         Fraction of the files held out for validation.
     val_patches : int
         Fixed validation patches.
+    args : TrainSourceArgs or None
+        Every option as ``lmadda train-source`` takes it.
     """
 
     inputs: Path
@@ -49,6 +51,7 @@ class TrainRequest:
     arch: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
     val_patches: int = 32
+    args: Any = None
 
 
 @dataclass
