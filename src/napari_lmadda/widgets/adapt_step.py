@@ -43,6 +43,7 @@ from .option_form import option_widget, widget_value
 from .plots import MARK_COLOUR, LossPlot, PlotTabs
 from .recommend_panel import NO_ADAPTATION, RecommendPanel
 from .sci_spinbox import ScientificSpinBox
+from .sizing import compact_combo
 from .state import AdaptedModel, LmaddaState, get_state, unchanged, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,7 +176,7 @@ class AdaptStep(QWidget):
         self.last_outcome: str = ""
         defaults = AdaptConfig()
 
-        self.method_combo = QComboBox()
+        self.method_combo = compact_combo(QComboBox())
         for key in method_names():  # the engine's registry: new methods show up here
             self.method_combo.addItem(method_label(key), key)
         self.method_combo.setCurrentIndex(max(0, self.method_combo.findData("lmadda")))

@@ -12,6 +12,7 @@ from typing import Any
 from qtpy.QtWidgets import QComboBox
 
 from . import worker as workers
+from .sizing import compact_combo
 
 __all__ = ["DeviceCombo"]
 
@@ -21,6 +22,7 @@ class DeviceCombo(QComboBox):
 
     def __init__(self) -> None:
         super().__init__()
+        compact_combo(self, 8)
         self.setToolTip("auto: the first GPU (CUDA), then Apple MPS, then the CPU")
         self.labels: dict[str, str] = {}
         self.auto = "cpu"

@@ -30,6 +30,10 @@ __all__ = ["LmaddaDock", "STEPS"]
 
 #: the steps, in the order of the work
 STEPS = ("Model", "Images", "Adapt", "Results")
+#: the steps with a plot or table that takes the dock's spare height
+_GROWS = ("Model", "Adapt")
+#: the width the dock asks for (its minimum is a little less)
+PREFERRED_WIDTH = 440
 
 
 class LmaddaDock(QWidget):
@@ -71,10 +75,11 @@ class LmaddaDock(QWidget):
         column.setContentsMargins(4, 2, 4, 2)
         column.setSpacing(2)
         for name, section in self.sections.items():
-            column.addWidget(section, 1 if name in ("Adapt", "Model") else 0)
+            column.addWidget(section)
             section.opened_by_user.connect(
                 lambda is_open, n=name: self._on_header(n, is_open))
-        column.addStretch(0)
+        column.addStretch(1)
+        self._column = column
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -112,8 +117,12 @@ class LmaddaDock(QWidget):
         """Open step ``name`` and close the others (``auto``: not when the user chose)."""
         if auto and self._by_hand:
             return
-        for n, section in self.sections.items():
+        grows = name in _GROWS
+        for i, (n, section) in enumerate(self.sections.items()):
             section.set_open(n == name)
+            # the open step's plot or table takes the spare height; else it stays below
+            self._column.setStretch(i, 1 if n == name and grows else 0)
+        self._column.setStretch(len(self.sections), 0 if grows else 1)
         self._update_summaries()
 
     @property
@@ -159,7 +168,7 @@ class LmaddaDock(QWidget):
             section.set_summary(step.summary())
 
     def sizeHint(self) -> Any:  # noqa: N802 - Qt override
-        """Ask for the room the content needs (a scroll area alone asks for little)."""
+        """The content's height (a scroll area alone asks for little), a narrow width."""
         hint = self._content.sizeHint()
-        hint.setWidth(max(hint.width(), self.minimumWidth()))
+        hint.setWidth(PREFERRED_WIDTH)
         return hint

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 from ..errors import LmaddaError
 from .image_sets import FolderSummary, describe_folder
 from .messages import notify
+from .sizing import compact_combo
 from .state import ROLES, DataSelection, LmaddaState, get_state, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +43,7 @@ class _RolePicker:
 
     def __init__(self, role: str, owner: ImagesStep) -> None:
         self.role, self.owner = role, owner
-        self.combo = QComboBox()
+        self.combo = compact_combo(QComboBox())
         self.combo.setToolTip("Use an image layer of the viewer (a dropped folder becomes one)")
         self.combo.activated.connect(self._on_combo)
         self.folder_btn = QPushButton("Folder…")

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from .sci_spinbox import ScientificSpinBox
+from .sizing import compact_combo
 
 __all__ = ["OptionForm", "option_widget", "widget_value", "set_widget_value"]
 
@@ -33,7 +34,7 @@ _AUTO = "auto"
 def option_widget(ctl: Any) -> QWidget:
     """A field for one :class:`~napari_lmadda.options.Control`, tooltip and default set."""
     if ctl.kind in ("combo", "editable_combo"):
-        w: QWidget = QComboBox()
+        w: QWidget = compact_combo(QComboBox(), 6)
         w.setEditable(ctl.kind == "editable_combo")
         w.addItems([str(c) for c in ctl.choices])
         if ctl.default is not None:
@@ -44,8 +45,9 @@ def option_widget(ctl: Any) -> QWidget:
     elif ctl.kind == "int":
         w = QSpinBox()
         lo = int(ctl.low) if ctl.low is not None else 0
+        # an unbounded option still gets a bound: the spin box is as wide as its largest value
         w.setRange(lo - (1 if ctl.default is None else 0),
-                   int(ctl.high) if ctl.high is not None else 2**31 - 1)
+                   int(ctl.high) if ctl.high is not None else 999_999)
         if ctl.default is None:  # one below the range stands for "not given"
             w.setSpecialValueText(_AUTO)
             w.setValue(w.minimum())
@@ -53,14 +55,14 @@ def option_widget(ctl: Any) -> QWidget:
             w.setValue(int(ctl.default))
     elif ctl.kind == "float":
         lo = float(ctl.low) if ctl.low is not None else 0.0
-        hi = float(ctl.high) if ctl.high is not None else 1e9
+        hi = float(ctl.high) if ctl.high is not None else 9999.0
         default = float(ctl.default or 0.0)
         if 0 < abs(default) < 0.01:  # learning rates: 3e-5, halved/doubled by the arrows
             w = ScientificSpinBox(default, max(lo, 1e-12), hi)
         else:
             w = QDoubleSpinBox()
             w.setDecimals(3)
-            w.setRange(lo, hi if math.isfinite(hi) else 1e9)
+            w.setRange(lo, hi if math.isfinite(hi) else 9999.0)
             w.setSingleStep(0.05 if hi <= 1 else 1.0)
             w.setValue(default)
     else:

@@ -36,6 +36,26 @@ def _finite(v: Any) -> float:
     return float(v) if v is not None and math.isfinite(v) else float("nan")
 
 
+class _PlotBox(QWidget):
+    """A plot with a modest preferred height: pyqtgraph alone asks for 480 px.
+
+    Its height does not follow its width either (the wrapped legend would otherwise make a
+    scroll area ask for the plot's full 480 px); spare room in the dock still goes to it.
+    """
+
+    PREFERRED_HEIGHT = 170
+
+    def sizeHint(self) -> Any:  # noqa: N802 - Qt override
+        """A modest height."""
+        hint = super().sizeHint()
+        hint.setHeight(self.PREFERRED_HEIGHT)
+        return hint
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt override
+        """No: the height follows :meth:`sizeHint`."""
+        return False
+
+
 class _Legend(QLabel):
     def __init__(self, items: list[tuple[str, str, str]]) -> None:
         super().__init__("  ".join(f"<span style='color:{c}'>{glyph}</span> {name}"
@@ -43,7 +63,7 @@ class _Legend(QLabel):
         self.setWordWrap(True)
 
 
-class LossPlot(QWidget):
+class LossPlot(_PlotBox):
     """D loss, G loss and D accuracy against the step; the kept state marked."""
 
     SERIES = (("D loss", "#f5a623"), ("G loss", "#4a90e2"), ("D accuracy", "#7ed321"))
@@ -99,7 +119,7 @@ class LossPlot(QWidget):
             self.best.setData([step], [y if math.isfinite(y) else 0.5])
 
 
-class ValidationPlot(QWidget):
+class ValidationPlot(_PlotBox):
     """Source training: L1 loss (left) and validation Pearson per evaluation (right axis)."""
 
     def __init__(self) -> None:
@@ -162,7 +182,7 @@ class ValidationPlot(QWidget):
             self.best.setData([self.best_step], [self.pearson[i]])
 
 
-class GapPlot(QWidget):
+class GapPlot(_PlotBox):
     """Bars of the combined domain gap per layer, the recommended layer highlighted."""
 
     def __init__(self) -> None:
@@ -221,18 +241,18 @@ class PlotTabs(QTabWidget):
         super().__init__()
         self._height = height
 
-    def sizeHint(self) -> Any:
+    def sizeHint(self) -> Any:  # noqa: N802 - Qt override
         """A modest height; spare room in the dock still goes to the plots."""
         hint = super().sizeHint()
         hint.setHeight(self._height)
         return hint
 
-    def minimumSizeHint(self) -> Any:
+    def minimumSizeHint(self) -> Any:  # noqa: N802 - Qt override
         """Small enough for a laptop screen."""
         hint = super().minimumSizeHint()
         hint.setHeight(min(hint.height(), 150))
         return hint
 
-    def hasHeightForWidth(self) -> bool:
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt override
         """No: the height follows :meth:`sizeHint`, not the wrapped plot title."""
         return False

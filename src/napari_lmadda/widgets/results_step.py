@@ -35,6 +35,7 @@ from . import worker as workers
 from .image_sets import prediction_loader
 from .messages import notify
 from .side_by_side import Panels, SideBySide
+from .sizing import compact_combo
 from .stain_layers import UNADAPTED, OwnedLayers, ResultTag, input_spec, stain_specs, trust_specs
 from .state import AdaptedModel, LmaddaState, channel_names, get_state, unwrap
 
@@ -90,7 +91,7 @@ class ResultsStep(QWidget):
         self.last_trust_layers: list[str] = []
         self.device = "auto"
 
-        self.result_combo = QComboBox()
+        self.result_combo = compact_combo(QComboBox())
         self.result_combo.setToolTip("Which adaptation result to show, save and export; "
                                      "every run that found a better state is kept")
         self.result_combo.activated.connect(self._on_result_chosen)
@@ -101,7 +102,7 @@ class ResultsStep(QWidget):
         self.compare_check.setChecked(True)
         self.auto_check = QCheckBox("show them when a run ends")
         self.auto_check.setChecked(True)
-        self.prediction_combo = QComboBox()
+        self.prediction_combo = compact_combo(QComboBox())
         self.prediction_combo.addItems(list(PREDICTIONS))
         self.prediction_combo.setToolTip(
             f"TTA: predict each image in {TTA_SAMPLES} orientations (flips, 90° rotations), "
@@ -118,7 +119,7 @@ class ResultsStep(QWidget):
                                  "loaded) in linked views with one contrast; click again for "
                                  "the overlay")
         self.side_btn.toggled.connect(self._on_side)
-        self.marker_combo = QComboBox()
+        self.marker_combo = compact_combo(QComboBox(), 6)
         self.marker_combo.setToolTip("The marker compared side by side")
         self.marker_combo.activated.connect(lambda *_: self._on_side(self.side_btn.isChecked()))
         self.save_btn = QPushButton("Save model…")

@@ -44,8 +44,8 @@ __all__ = ["TrainPanel"]
 
 #: handled by the panel's own fields, not the option form
 _OWN = {"inputs", "targets", "out", "channel_names", "device", "overwrite"}
-_LABELS = {"lambda_gan": "GAN weight", "num_downs": "Down blocks", "val_fraction": "Val. files",
-           "val_patches": "Val. patches", "eval_every": "Validate every", "lr": "LR",
+_LABELS = {"lambda_gan": "GAN", "num_downs": "Depth", "val_fraction": "Val. files",
+           "val_patches": "Val. patches", "eval_every": "Val. every", "lr": "LR",
            "ngf": "Filters"}
 #: GUI refreshes at most this often during training (each costs a full window repaint)
 REFRESH_MS = 1000
