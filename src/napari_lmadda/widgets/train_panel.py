@@ -233,6 +233,10 @@ class TrainPanel(QWidget):
         args = TrainSourceArgs(inputs=Path(inputs).expanduser(), targets=targets, out=out,
                                device=self.device_combo.device(), **v)
         validate(args)  # one line naming the option out of range
+        if args.patch % 2**args.num_downs:
+            raise ConfigError(f"patch {args.patch} px must be a multiple of "
+                              f"{2**args.num_downs} (2 to the power of the depth, "
+                              f"{args.num_downs})")
         steps = int(v.get("steps") or 1)
         eval_every = v.get("eval_every") or max(1, steps // 20)
         config = SourceTrainConfig(

@@ -174,7 +174,11 @@ def release_device(device: Any) -> None:
             return
         from ..devices import release_memory
 
-        release_memory(dev)
+        if dev.type == "cuda" and dev.index is not None:
+            with torch.cuda.device(dev.index):  # empty_cache frees the current device's
+                release_memory(dev)
+        else:
+            release_memory(dev)
     except Exception:  # noqa: BLE001 - freeing memory must never hide the task's outcome
         pass
 
