@@ -90,7 +90,7 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
     d.open_step("Adapt")
     d.adapt.steps_spin.setValue(5000)
     assert d.adapt.run()
-    qtbot.waitUntil(lambda: d.adapt.progress.value() >= 2 or idle(d), timeout=30_000)
+    qtbot.waitUntil(lambda: len(d.adapt.plot.steps) >= 2 or idle(d), timeout=30_000)
     d.adapt.stop()
     assert d.adapt.stop_btn.text() == "Stopping…" and not d.adapt.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: idle(d), timeout=30_000)

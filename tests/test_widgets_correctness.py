@@ -83,7 +83,7 @@ def test_stopped_run_without_a_better_state_keeps_the_earlier_result(dock, tiny_
     # a second run, stopped before its first evaluation: it found nothing better
     d.adapt.steps_spin.setValue(5000)
     assert d.adapt.run()
-    qtbot.waitUntil(lambda: d.adapt.progress.value() >= 2, timeout=30_000)
+    qtbot.waitUntil(lambda: len(d.adapt.plot.steps) >= 2, timeout=30_000)
     d.adapt.stop()
     qtbot.waitUntil(lambda: idle(d), timeout=30_000)
     assert d.adapt.state.adapted is first

@@ -18,7 +18,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -45,6 +45,7 @@ from .recommend_panel import NO_ADAPTATION, RecommendPanel
 from .sci_spinbox import ScientificSpinBox
 from .sizing import compact_combo
 from .state import AdaptedModel, LmaddaState, get_state, unchanged, unwrap
+from .throttle import Throttle
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -57,7 +58,6 @@ __all__ = [
     "layer_mode",
     "method_label",
     "outcome_text",
-    "REFRESH_MS",
 ]
 
 #: engine method name -> label shown in the method box (methods without one show their name)
@@ -73,8 +73,6 @@ METHOD_LABELS: dict[str, str] = {
 #: how a method takes layers: "one" (the slider), "range" (the range slider); others take none
 _LAYER_MODES: dict[str, str] = {"adabn": "one", "lmadda": "one", "lmadda-multi": "range"}
 _RED = "#e06c6c"
-#: the GUI redraws progress and plot at most this often during a run
-REFRESH_MS = 1000
 
 
 def method_label(method: str) -> str:
@@ -243,10 +241,7 @@ class AdaptStep(QWidget):
         self.plot_tabs.addTab(self.plot, "Training")
         self.plot_tabs.addTab(self.recommender.gap_plot, "Layer gaps")
         self.plot_tabs.setTabToolTip(1, "The last layer recommendation (Recommend layer)")
-        self._pending: Any = None
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self._refresh)
+        self._progress = Throttle(self._refresh, self)
 
         form = QFormLayout()
         form.setVerticalSpacing(3)
@@ -412,14 +407,13 @@ class AdaptStep(QWidget):
 
         if isinstance(ev, Step):
             self.plot.add(ev.step, ev.loss_d, ev.loss_g, ev.d_acc)
-            self._pending = ev
-            if not self._timer.isActive():
-                self._timer.start(REFRESH_MS)
+            self._progress.push(ev)
         elif isinstance(ev, Evaluated):
             if ev.is_best:
                 self.plot.mark_best(ev.step)
         elif isinstance(ev, Started):
             self.progress.setMaximum(max(1, ev.total_steps))
+            self.plot.start(ev.total_steps)
             lays = ev.layers
             where = (f" at layer {lays[0]}" if len(lays) == 1 else
                      f" at layers {lays[0]}–{lays[-1]}" if len(lays) > 1 else "")
@@ -427,8 +421,7 @@ class AdaptStep(QWidget):
                             f"{ev.trainable_params:,} trainable parameters on "
                             f"{self.device_combo.describe(ev.device)}")
         elif isinstance(ev, Finished):
-            self._timer.stop()
-            self._refresh()
+            self._progress.flush()
             r = ev.result
             self.last_reason = r.reason.value
             earlier = self.state.adapted
@@ -451,8 +444,7 @@ class AdaptStep(QWidget):
             self.set_status(ev.message, error=True)
             self.progress.setFormat("failed")
 
-    def _refresh(self) -> None:
-        ev = self._pending
+    def _refresh(self, ev: Any) -> None:
         if ev is not None:
             self.progress.setMaximum(max(1, ev.total_steps))
             self.progress.setValue(ev.step)
@@ -462,7 +454,7 @@ class AdaptStep(QWidget):
 
     def _on_done(self) -> None:
         self.task = None
-        self._timer.stop()
+        self._progress.flush()
         self.state.set_busy(False)
         new, self._new_result = getattr(self, "_new_result", None), None
         if new is not None:

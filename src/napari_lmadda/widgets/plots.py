@@ -36,6 +36,24 @@ def _finite(v: Any) -> float:
     return float(v) if v is not None and math.isfinite(v) else float("nan")
 
 
+def _fix_x(plot: Any, total_steps: int) -> None:
+    plot.disableAutoRange()
+    plot.setXRange(0, max(1, int(total_steps)), padding=0.02)
+
+
+def _grow_y(plot: Any, current: tuple[float, float], values: list[float]) -> tuple[float, float]:
+    """Widen the value axis when the data leave it (never shrink it: no redraw per point)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return current
+    lo, hi = min(finite), max(finite)
+    if lo >= current[0] and hi <= current[1]:
+        return current
+    new = (min(current[0], lo), max(current[1], hi + 0.2 * (hi - min(lo, current[0]))))
+    plot.setYRange(*new, padding=0.02)
+    return new
+
+
 class _PlotBox(QWidget):
     """A plot with a modest preferred height: pyqtgraph alone asks for 480 px.
 
@@ -92,9 +110,15 @@ class LossPlot(_PlotBox):
         self.values: list[list[float]] = [[], [], []]
         self.best_step: int | None = None
         self._drawn = -1
+        self._y = (0.0, 1.0)
         for curve in self.curves:
             curve.setData([], [])
         self.best.setData([], [])
+
+    def start(self, total_steps: int) -> None:
+        """Fix the step axis for a run of ``total_steps`` (a moving axis redraws its labels)."""
+        _fix_x(self.plot, total_steps)
+        self.plot.setYRange(*self._y, padding=0.02)
 
     def add(self, step: int, loss_d: float, loss_g: float, d_acc: float) -> None:
         """Append one step (drawn at the next :meth:`refresh`)."""
@@ -113,6 +137,7 @@ class LossPlot(_PlotBox):
         self._drawn = len(self.steps)
         for curve, vals in zip(self.curves, self.values):
             curve.setData(self.steps, vals)
+        self._y = _grow_y(self.plot, self._y, [v for vals in self.values for v in vals])
         step = self.best_step
         if step is not None and step in self.steps:
             y = self.values[2][self.steps.index(step)]
@@ -144,6 +169,10 @@ class ValidationPlot(_PlotBox):
         layout.addWidget(legend)
         layout.addWidget(self.plot, 1)
         self.clear()
+
+    def start(self, total_steps: int) -> None:
+        """Fix the step axis for a training of ``total_steps``."""
+        _fix_x(self.plot, total_steps)
 
     def clear(self) -> None:
         """Forget every point."""

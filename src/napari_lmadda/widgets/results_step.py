@@ -38,6 +38,7 @@ from .side_by_side import Panels, SideBySide
 from .sizing import compact_combo
 from .stain_layers import UNADAPTED, OwnedLayers, ResultTag, input_spec, stain_specs, trust_specs
 from .state import AdaptedModel, LmaddaState, channel_names, get_state, unwrap
+from .throttle import Throttle
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -90,6 +91,9 @@ class ResultsStep(QWidget):
         self.last_layers: list[str] = []
         self.last_trust_layers: list[str] = []
         self.device = "auto"
+        self._adding = False
+        self._finish_after_adding = False
+        self._progress = Throttle(lambda text: self.set_status(text), self)
 
         self.result_combo = compact_combo(QComboBox())
         self.result_combo.setToolTip("Which adaptation result to show, save and export; "
@@ -257,16 +261,21 @@ class ResultsStep(QWidget):
 
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, workers.PredictProgress):
-            self.set_status(f"Predicting… {msg.done} / {msg.total} images")
+            self._progress.push(f"Predicting… {msg.done} / {msg.total} images")
         elif isinstance(msg, workers.PredictDone):
+            self._progress.reset()
             self._predicted = msg.sets
             self.show_specs(msg.prepared, msg.sets, msg.tta)
         elif isinstance(msg, workers.RunFailed):
+            self._progress.reset()
             notify(self.state, "error", f"Prediction failed: {msg.message}")
             self.set_status(msg.message, error=True)
 
     def _on_done(self) -> None:
         self.task = None
+        if self._adding:  # the stain layers are still going in: finish after them
+            self._finish_after_adding = True
+            return
         trust, self._trust = getattr(self, "_trust", None), None
         if trust is not None and self._predicted:
             self._start_trust(*trust)  # the step stays busy until the maps are shown
@@ -276,12 +285,16 @@ class ResultsStep(QWidget):
     def show_specs(self, specs: list, sets: list, tta: bool = False) -> list[str]:
         """Show prepared stain layers; the others of the plugin are hidden, never changed.
 
+        New layers go in one per turn of napari's event loop; :attr:`shown` is emitted (and
+        the step is idle again) once they are all in.
+
         Returns
         -------
         list of str
             Names of the stain layers shown.
         """
-        layers = self.owned.apply(specs)
+        self._adding = True
+        layers, new = self.owned.prepare(specs)
         stains = [ly for ly in layers if ly.metadata.get("lmadda", {}).get("kind") == "stain"]
         inputs = [ly for ly in layers if ly.metadata.get("lmadda", {}).get("kind") == "input"]
         several = len({t.key for t in self._tags}) > 1
@@ -299,13 +312,23 @@ class ResultsStep(QWidget):
             s.input_layer = name
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = True
-        self.last_layers = [ly.name for ly in stains]
         self.last_sets = sets
-        self._fill_markers()
-        self.set_status(self._describe(stains, len(others) - hidden_before, sets, tta))
-        self._update_enabled()
-        self.shown.emit(self.last_layers)
-        return self.last_layers
+        text = self._describe(stains, len(others) - hidden_before, sets, tta)
+        self.set_status(text.replace(": showing", ": adding the layers… showing", 1))
+
+        def added() -> None:
+            self._adding = False
+            self.last_layers = [ly.name for ly in stains]
+            self._fill_markers()
+            self.set_status(text)
+            self._update_enabled()
+            self.shown.emit(self.last_layers)
+            if self._finish_after_adding:
+                self._finish_after_adding = False
+                self._on_done()
+
+        self.owned.insert(new, done=added)
+        return [ly.name for ly in stains]
 
     def _describe(self, stains: list, newly_hidden: int, sets: list, tta: bool) -> str:
         """What the viewer shows now, read from the layers themselves."""
@@ -345,9 +368,10 @@ class ResultsStep(QWidget):
 
     def _on_trust_message(self, msg: Any) -> None:
         if isinstance(msg, workers.TrustProgress):
-            self.set_status(f"{self._trust_status}<br>Trust map… {msg.done} / {msg.total} "
-                            "images")
+            self._progress.push(f"{self._trust_status}<br>Trust map… {msg.done} / "
+                                f"{msg.total} images")
         elif isinstance(msg, workers.TrustDone):
+            self._progress.reset()
             layers = self.owned.apply(msg.prepared)
             self.last_trust_layers = [ly.name for ly in layers]
             how = {"mc_dropout": "MC dropout", "tta": "flips and rotations"}.get(msg.method,
@@ -356,6 +380,7 @@ class ResultsStep(QWidget):
                 f"{self._trust_status}<br>{len(layers)} trust-map layer(s): spread of "
                 f"{msg.n_samples} predictions ({how}); bright = uncertain")
         elif isinstance(msg, workers.RunFailed):
+            self._progress.reset()
             notify(self.state, "error", f"Trust map failed: {msg.message}")
             self.set_status(f"{self._trust_status}<br><span style='color:{_RED}'>trust map: "
                             f"{msg.message}</span>")

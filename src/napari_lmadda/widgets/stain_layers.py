@@ -13,8 +13,9 @@ adds or updates them in the GUI thread, all new ones in one batch.
 
 from __future__ import annotations
 
+import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,12 @@ def trust_specs(maps: dict[int, np.ndarray], sets: Sequence[Any], rt: ResultTag,
     return specs
 
 
+def _synchronous() -> bool:
+    from .worker import SYNC_ENV
+
+    return os.environ.get(SYNC_ENV, "").strip() not in ("", "0")
+
+
 class OwnedLayers:
     """The viewer's plugin-made layers: find, update in place, add new ones in one batch.
 
@@ -215,10 +222,11 @@ class OwnedLayers:
         """The owned layer for ``key`` if it is still in the viewer, else None."""
         ref = self.state.owned.get(key)
         layer = ref() if ref is not None else None
-        if layer is None or not any(ly is layer for ly in self.viewer.layers):
+        if layer is None:  # deleted and gone: forget it
             self.state.owned.pop(key, None)
             return None
-        return layer
+        # a layer the user removed (or one not added yet) is not shown: make a new one
+        return layer if any(ly is layer for ly in self.viewer.layers) else None
 
     def layers(self, kind: str | None = None) -> list[Any]:
         """Owned layers still in the viewer (of one kind: ``stain``, ``trust``, ``input``)."""
@@ -235,12 +243,26 @@ class OwnedLayers:
         return any(ref() is layer for ref in self.state.owned.values())
 
     def apply(self, specs: Sequence[LayerSpec]) -> list[Any]:
-        """Show ``specs``: owned layers are updated in place, the others added in one batch.
+        """Show ``specs`` at once: owned layers updated in place, new ones added in one batch.
 
         Returns
         -------
         list of napari.layers.Image
             The layers, in the order of ``specs``.
+        """
+        layers, new = self.prepare(specs)
+        self.insert(new)
+        return layers
+
+    def prepare(self, specs: Sequence[LayerSpec]) -> tuple[list[Any], list[Any]]:
+        """Update the owned layers of ``specs`` and make (not add) the new ones.
+
+        Returns
+        -------
+        layers : list
+            A layer per spec, in order.
+        new : list
+            The layers still to :meth:`insert`.
         """
         taken = {ly.name for ly in self.viewer.layers}
         result: list[Any] = []
@@ -254,9 +276,31 @@ class OwnedLayers:
             if spec.key[0] == "input":
                 input_names[spec.key[1]] = layer.name
             result.append(layer)
+        return result, new
+
+    def insert(self, new: list[Any], done: Callable[[], None] | None = None) -> None:
+        """Add ``new`` layers; with ``done``, one per turn of the event loop, then ``done()``.
+
+        napari needs 100-300 ms per new layer here (its controls, its GL visual): one at a
+        time, napari answers in between.
+        """
+        if done is None or not new or _synchronous():
+            if new:
+                self.viewer.layers.extend(new)
+            if done is not None:
+                done()
+            return
+        self._insert_one_by_one(list(new), done)
+
+    def _insert_one_by_one(self, new: list[Any], then: Callable[[], None]) -> None:
+        from qtpy.QtCore import QTimer
+
+        layer = new.pop(0)
+        self.viewer.layers.append(layer)
         if new:
-            self.viewer.layers.extend(new)
-        return result
+            QTimer.singleShot(0, lambda: self._insert_one_by_one(new, then))
+        else:
+            QTimer.singleShot(0, then)
 
     def _show(self, spec: LayerSpec, taken: set[str], new: list[Any]) -> Any:
         from napari.layers import Image

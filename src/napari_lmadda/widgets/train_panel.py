@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QGridLayout,
@@ -36,6 +35,7 @@ from .messages import notify
 from .option_form import OptionForm
 from .plots import ValidationPlot
 from .state import get_state, unwrap
+from .throttle import Throttle
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,8 +47,6 @@ _OWN = {"inputs", "targets", "out", "channel_names", "device", "overwrite"}
 _LABELS = {"lambda_gan": "GAN", "num_downs": "Depth", "val_fraction": "Val. files",
            "val_patches": "Val. patches", "eval_every": "Val. every", "lr": "LR",
            "ngf": "Filters"}
-#: GUI refreshes at most this often during training (each costs a full window repaint)
-REFRESH_MS = 1000
 
 
 class _FolderRow(QWidget):
@@ -121,10 +119,7 @@ class TrainPanel(QWidget):
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.plot = ValidationPlot()
-        self._pending: Any = None
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self._refresh)
+        self._progress = Throttle(self._refresh, self)
 
         grid = QGridLayout()
         grid.setVerticalSpacing(3)
@@ -301,9 +296,7 @@ class TrainPanel(QWidget):
 
         if isinstance(msg, Step):
             self.plot.add_loss(msg.step, msg.loss_g)
-            self._pending = msg
-            if not self._timer.isActive():
-                self._timer.start(REFRESH_MS)
+            self._progress.push(msg)
         elif isinstance(msg, Evaluated):
             self.plot.add(msg.step, msg.criterion, msg.is_best)
         elif isinstance(msg, workers.TrainData):
@@ -315,6 +308,7 @@ class TrainPanel(QWidget):
                              f"{', '.join(msg.channel_names)}{extra}")
         elif isinstance(msg, Started):
             self._device = msg.device
+            self.plot.start(msg.total_steps)
             self.progress.setFormat("step 0 / %m")
             self._set_status(f"{self.status.text()}<br>{msg.trainable_params:,} parameters on "
                              f"{self.device_combo.describe(msg.device)}")
@@ -326,8 +320,7 @@ class TrainPanel(QWidget):
             self.progress.setFormat("failed")
             notify(self.state, "error", f"Training failed: {msg.message}")
 
-    def _refresh(self) -> None:
-        ev = self._pending
+    def _refresh(self, ev: Any) -> None:
         if ev is not None:
             eta = ev.eta
             left = (f"{int(eta) // 60}:{int(eta) % 60:02d} left"
@@ -338,8 +331,7 @@ class TrainPanel(QWidget):
         self.plot.refresh()
 
     def _finish(self, done: workers.TrainDone) -> None:
-        self._timer.stop()
-        self._refresh()
+        self._progress.flush()
         self.last_reason = done.reason
         self.last_done = done
         secs = f"{done.seconds / 60:.1f} min" if done.seconds >= 60 else f"{done.seconds:.0f} s"
@@ -362,7 +354,7 @@ class TrainPanel(QWidget):
 
     def _on_done(self) -> None:
         self.task = None
-        self._timer.stop()
+        self._progress.flush()
         self.state.set_busy(False)
         loaded, self._loaded = getattr(self, "_loaded", None), None
         if loaded is not None:
