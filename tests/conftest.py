@@ -1,4 +1,5 @@
-"""Shared fixtures: CPU only, one torch thread, and a tiny model file."""
+"""Shared fixtures: CPU only, one torch thread, a tiny source model (in memory and as a file)
+and tiny unlabeled domains."""
 
 from __future__ import annotations
 
@@ -31,6 +32,25 @@ def tiny_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
     save_model(model, path, provenance={"source": "test fixture"})
     return path
+
+
+@pytest.fixture(scope="module")
+def source_model():
+    """A tiny 2-marker UNet (5 down blocks, ngf 8) with non-trivial BatchNorm statistics, as
+    in a trained model (a fresh BatchNorm's would hide what AdaBN and bn_mode change)."""
+    import torch
+
+    from napari_lmadda.models import UNetGenerator
+
+    torch.manual_seed(0)
+    m = UNetGenerator(num_downs=5, ngf=8, out_channels=2)
+    g = torch.Generator().manual_seed(1)
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+    m.meta = {"channel_names": ["DAPI", "CD29"], "target_range": [-0.05, 1.05]}
+    return m.eval()
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,12 @@ from napari_lmadda.adapt.engine import adapt
 from napari_lmadda.cli import main
 from napari_lmadda.data.synthetic import write_domain
 from napari_lmadda.errors import ConfigError
-from napari_lmadda.models import UNetGenerator, read_checkpoint, save_model
+from napari_lmadda.models import read_checkpoint, save_model
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = UNetGenerator(num_downs=5, ngf=8, out_channels=2)
-    g = torch.Generator().manual_seed(1)
-    for bn in m.modules():  # source statistics unlike a fresh BatchNorm's
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
-            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    m.meta = {"channel_names": ["DAPI", "CD29"]}
-    return m.eval()
+def model(source_model):
+    return source_model  # conftest's: source statistics unlike a fresh BatchNorm's
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from napari_lmadda.adapt.sampling import ShardedSampler, shard_sampler
 from napari_lmadda.data.datasets import ArrayDataset, PatchSampler
 from napari_lmadda.data.synthetic import make_domain
 from napari_lmadda.errors import ConfigError
-from napari_lmadda.models import UNetGenerator, read_checkpoint
+from napari_lmadda.models import read_checkpoint
 
 TIMEOUT = 300  # generous: the test machine's two cores are shared with long benchmarks
 
@@ -35,19 +35,6 @@ def domains():
     src = make_domain(3, size=64, seed=0)
     tgt = make_domain(3, size=64, seed=1, shift="overexpose", magnitude=2.0)
     return src, tgt
-
-
-@pytest.fixture(scope="module")
-def source_model():
-    torch.manual_seed(0)
-    m = UNetGenerator(num_downs=5, ngf=8, out_channels=2)
-    g = torch.Generator().manual_seed(1)
-    for bn in m.modules():  # non-trivial running statistics, as in a trained model
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
-            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    m.meta = {"channel_names": ["DAPI", "CD29"]}
-    return m.eval()
 
 
 # ------------------------------------------------------------------ sharding

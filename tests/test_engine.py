@@ -12,23 +12,10 @@ from napari_lmadda.adapt.engine import adapt, iter_adapt
 from napari_lmadda.adapt.events import Evaluated, Finished, Started, Step, StopReason
 from napari_lmadda.data.datasets import ArrayDataset, PatchSampler
 from napari_lmadda.errors import ConfigError
-from napari_lmadda.models import UNetGenerator, load_model, read_checkpoint, save_model
+from napari_lmadda.models import load_model, read_checkpoint, save_model
 
-NUM_DOWNS = 5  # 10 layers; patches of 32 px
+NUM_DOWNS = 5  # conftest's source_model: 10 layers; patches of 32 px
 
-
-
-@pytest.fixture(scope="module")
-def source_model():
-    torch.manual_seed(0)
-    m = UNetGenerator(num_downs=NUM_DOWNS, ngf=8, out_channels=2)
-    g = torch.Generator().manual_seed(1)
-    for bn in m.modules():  # non-trivial running statistics, as in a trained model
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
-            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-    m.meta = {"channel_names": ["DAPI", "CD29"], "target_range": [-0.05, 1.05]}
-    return m.eval()
 
 
 def cfg(**kw):

@@ -46,7 +46,10 @@ def _cfg(**kw) -> AdaptConfig:
 
 
 def test_registered():
-    assert METHODS["scgan"] == "napari_lmadda.adapt.scgan"
+    from napari_lmadda.adapt import scgan
+
+    entry = METHODS["scgan"]
+    assert entry.factory is scgan.make and entry.options is not None and entry.adversarial
 
 
 def test_events_and_unchanged_source_model():

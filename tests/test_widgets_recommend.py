@@ -65,7 +65,7 @@ def test_method_combo_lists_engine_methods(docks, monkeypatch):
     # method options appear with their method and go into the config (when the config has them)
     from napari_lmadda.adapt.config import AdaptConfig
 
-    if "apma" in combo and "apma_parts" in AdaptConfig.__dataclass_fields__:
+    if "apma" in combo:
         parts = adapt.option_fields["apma_parts"]
         adapt.set_method("apma")
         assert not parts.isHidden() and adapt.layers() == ()
@@ -74,7 +74,10 @@ def test_method_combo_lists_engine_methods(docks, monkeypatch):
         adapt.set_method("lmadda")
         assert parts.isHidden() and adapt.config().apma_parts == AdaptConfig().apma_parts
     # a method registered later shows up in a new dock, by its name, without a layer slider
-    monkeypatch.setitem(engine.METHODS, "zz-test", "napari_lmadda.adapt.none")
+    from dataclasses import replace
+
+    monkeypatch.setitem(engine.METHODS, "zz-test",
+                        replace(engine.METHODS["none"], name="zz-test", label="zz-test"))
     fresh = AdaptStep(viewer)
     assert fresh.method_combo.findData("zz-test") >= 0
     fresh.set_method("zz-test")

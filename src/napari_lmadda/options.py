@@ -355,8 +355,8 @@ def add_arguments(parser: Any, cls: type, *, names: Any = None, config_defaults:
                                                                                         str)
             if opt.choices is not None:
                 kw["choices"] = opt.choices
-            if opt.metavar:
-                kw["metavar"] = opt.metavar
+            if opt.metavar or opt.choices is None:  # named after the flag, not the field
+                kw["metavar"] = opt.metavar or opt.flag.lstrip("-").replace("-", "_").upper()
         if default is MISSING:
             kw["required"] = True
         elif config_defaults and base is not bool:

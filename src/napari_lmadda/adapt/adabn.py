@@ -2,7 +2,7 @@
 
 Only the BatchNorm modules change; they are put in train mode alone (dropout stays off), the
 target images go through the network under ``no_grad``, and then the model is back in eval
-mode. Two ways to estimate the statistics (``AdaptConfig.adabn_stats``):
+mode. Two ways to estimate the statistics (``AdaptConfig.adabn.stats``, flag ``--adabn-stats``):
 
 * ``cumulative`` (default): each BatchNorm's running mean and variance become the exact
   population statistics of its input over all target batches (sums of x and x^2 per channel,
@@ -11,7 +11,7 @@ mode. Two ways to estimate the statistics (``AdaptConfig.adabn_stats``):
   starting from the source statistics - the common shortcut of forwarding target images in
   train mode; after ``k`` batches the source statistics still weigh ``0.9**k``.
 
-Which BatchNorms (``AdaptConfig.adabn_layers``, with ``layers``): those of layers
+Which BatchNorms (``AdaptConfig.adabn.layers``, with ``layers``): those of layers
 ``1 .. max(layers)`` (``upto``, default; all layers without ``layers``), or exactly those of
 the listed layers (``listed``). BatchNorms that are not selected keep their source statistics
 and stay in eval mode while the others are estimated. A pix2pix UNet's outermost and
@@ -187,8 +187,8 @@ def run(
 ) -> Iterator[Event]:
     """AdaBN as an adaptation method: up to 50 target batches re-estimate the BNs.
 
-    ``config.adabn_stats`` chooses exact (``cumulative``) or running-average (``momentum``)
-    statistics; with ``layers``, ``config.adabn_layers`` re-estimates the BatchNorms of layers
+    ``config.adabn.stats`` chooses exact (``cumulative``) or running-average (``momentum``)
+    statistics; with ``layers``, ``config.adabn.layers`` re-estimates the BatchNorms of layers
     ``<= max(layers)`` (``upto``) or of exactly ``layers`` (``listed``). A cancelled run
     returns the source model unchanged (partial statistics are not kept). ``run_state`` is
     accepted and ignored: a run takes seconds, there is nothing to resume.
@@ -206,7 +206,7 @@ def run(
 
     device = resolve_device(config.device)
     adapted = copy.deepcopy(model).to(device).eval()
-    listed = config.adabn_layers == "listed" and bool(layers)
+    listed = config.adabn.layers == "listed" and bool(layers)
     upto = None if listed or not layers else max(layers)
     chosen = tuple(layers) if listed else None
     bns = _select(adapted, upto, chosen)
@@ -224,8 +224,8 @@ def run(
     prov = {
         "method": NAME,
         "layers": list(layers),
-        "adabn_stats": config.adabn_stats,
-        "adabn_layers": config.adabn_layers,
+        "adabn_stats": config.adabn.stats,
+        "adabn_layers": config.adabn.layers,
         "bn_layers": updated,
         "config": config.to_dict(),
     }
@@ -233,7 +233,7 @@ def run(
     batches = (to_tensor(target.sample(), device) for _ in range(n_batches))
     done = 0
     gen = iter_adapt_batchnorm(
-        adapted, batches, upto=upto, layers=chosen, stats=config.adabn_stats
+        adapted, batches, upto=upto, layers=chosen, stats=config.adabn.stats
     )
     for done in gen:
         if cancel is not None and cancel():

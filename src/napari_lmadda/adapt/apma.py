@@ -47,17 +47,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.unet import UNetGenerator
+from . import features
 from .config import APMA_PARTS, AdaptConfig, parse_apma_parts
-from .features import (
-    accuracy,
-    feature_metrics,
-    gan_loss,
-    kept_model,
-    layer_discriminators,
-    make_student,
-    taps,
-    trainable_layers,
-)
 from .loop import Losses, Method, Run
 from .sampling import to_tensor
 
@@ -162,14 +153,14 @@ class Apma(Method):
         self.en_layer, self.d_layers = apma_layers(model, self.parts, tuple(layers))
         self.layers = tuple(sorted({*self.d_layers, *((self.en_layer,) if self.en_layer else ())}))
         self.top = max(self.layers)
-        self.first, self.last = trainable_layers(model, (self.top,), config)
+        self.first, self.last = features.trainable_layers(model, (self.top,), config)
         if config.criterion == "d_acc" and not self.d_layers:
             raise ConfigError("criterion d_acc needs a discriminator: apma_parts 'en' has none")
 
     def build(self, run: Run):  # noqa: D102
         cfg, en = self.cfg, self.en_layer
-        self.student, self.params = make_student(run, self.first, self.last)
-        self.D = layer_discriminators(run, self.student, self.d_layers)
+        self.student, self.params = features.make_student(run, self.first, self.last)
+        self.D = features.layer_discriminators(run, self.student, self.d_layers)
         info = {i.index: i for i in self.student.describe_layers(cfg.patch_size)}
         self.R = (ReconstructionDecoder(info[en].channels, run.model.config.in_channels, en)
                   if en is not None else nn.Module()).to(run.device)
@@ -180,8 +171,8 @@ class Apma(Method):
                       if en is not None else None)
         self.opt_g = torch.optim.Adam(self.params, lr=cfg.lr_g, betas=betas)
         n = run.model.num_layers
-        self.ref = taps(run.G, run.eval_src, tuple(sorted(set(range(self.top, n + 1))
-                                                          | set(self.layers))))
+        ref_layers = tuple(sorted(set(range(self.top, n + 1)) | set(self.layers)))
+        self.ref = features.taps(run.G, run.eval_src, ref_layers)
         return self.student, self.params
 
     def _rec(self, tap: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -220,8 +211,9 @@ class Apma(Method):
             accs = []
             for k in self.d_layers:
                 ls, lt = D[str(k)](fs[k]), D[str(k)](ft[k].detach())
-                loss_d = loss_d + 0.5 * (gan_loss(kind, ls, True) + gan_loss(kind, lt, False))
-                accs.append(accuracy(kind, ls, lt))
+                loss_d = loss_d + 0.5 * (features.gan_loss(kind, ls, True)
+                                         + features.gan_loss(kind, lt, False))
+                accs.append(features.accuracy(kind, ls, lt))
             run.backward(loss_d, self.opt_d, list(D.parameters()), "d")
             ld, acc = loss_d.item(), float(sum(accs) / len(accs))
         if self.d_layers and not acc >= cfg.d_gate:
@@ -233,7 +225,7 @@ class Apma(Method):
             self.opt_r.zero_grad(set_to_none=True)
         loss_g = torch.zeros((), device=run.device)
         for k in self.d_layers:
-            loss_g = loss_g + gan_loss(kind, D[str(k)](ft[k]), True)
+            loss_g = loss_g + features.gan_loss(kind, D[str(k)](ft[k]), True)
         fsp = self.student.forward_taps(xs, gp_src) if gp_src else {}
         if en is not None:
             rec = self._rec(ft[en], xt) + self._rec(fsp[en], xs)
@@ -249,18 +241,18 @@ class Apma(Method):
         return Losses(ld, loss_g.item(), None if loss_src is None else loss_src.item(), acc)
 
     def metrics(self, run: Run, net) -> dict[str, float]:  # noqa: D102
-        m, tgt = feature_metrics(run, net, self.ref, self.top, self.layers)
+        m, tgt = features.feature_metrics(run, net, self.ref, self.top, self.layers)
         with torch.no_grad():
             if self.d_layers:
-                accs = [accuracy(self.cfg.gan_loss, self.D[str(k)](self.ref[k]),
-                                 self.D[str(k)](tgt[k])) for k in self.d_layers]
+                accs = [features.accuracy(self.cfg.gan_loss, self.D[str(k)](self.ref[k]),
+                                          self.D[str(k)](tgt[k])) for k in self.d_layers]
                 m["d_acc"] = float(sum(accs) / len(accs))
             if self.en_layer is not None:
                 m["rec_target"] = float(self._rec(tgt[self.en_layer], run.eval_tgt))
         return m
 
     def kept_model(self, run: Run, ema, best_state: dict):  # noqa: D102
-        return kept_model(ema, best_state, run.model)
+        return features.kept_model(ema, best_state, run.model)
 
     def state_dict(self) -> dict:  # noqa: D102
         return {"d": self.D.state_dict(), "r": self.R.state_dict(),

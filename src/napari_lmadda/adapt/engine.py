@@ -1,42 +1,30 @@
 """The adaptation engine: one entry point for every method, typed events, cooperative cancel.
 
-Methods are modules with ``NAME`` and ``run(model, source, target, *, layers, config,
-cancel) -> Iterator[Event]``; :data:`METHODS` maps names to them. ``iter_adapt`` yields the
-events (the napari worker forwards them to the GUI); ``adapt`` runs to the end, calls an
-optional callback per event and returns the :class:`AdaptResult`.
+The methods are the entries of :data:`~napari_lmadda.adapt.registry.METHODS`: adversarial
+ones are steps run by the loop (:mod:`napari_lmadda.adapt.loop`), the others (``none``,
+``adabn``) generators of their own. ``iter_adapt`` checks the request, turns the images into
+patch samplers and yields the events (the napari worker forwards them to the GUI); ``adapt``
+runs to the end, calls an optional callback per event and returns the :class:`AdaptResult`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError
 from ..models.unet import UNetGenerator
-from . import distributed, loop
+from . import distributed, loop, registry
 from .config import AdaptConfig
 from .events import AdaptResult, Event, Finished
 from .sampling import make_sampler
 
 __all__ = ["METHODS", "iter_adapt", "adapt", "method_names", "parse_layers"]
 
-# method name -> module (imported on first use)
-METHODS: dict[str, str] = {
-    "none": "napari_lmadda.adapt.none",
-    "adabn": "napari_lmadda.adapt.adabn",
-    "adda": "napari_lmadda.adapt.adda",
-    "lmadda": "napari_lmadda.adapt.lmadda",
-    "lmadda-multi": "napari_lmadda.adapt.lmadda_multi",
-    "scgan": "napari_lmadda.adapt.scgan",
-    "apma": "napari_lmadda.adapt.apma",
-}
-
-
-def method_names() -> list[str]:
-    """Names accepted by ``method=``."""
-    return list(METHODS)
+#: the registry's entries by name (the same dict as :data:`registry.METHODS`)
+METHODS = registry.METHODS
+method_names = registry.method_names
 
 
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
@@ -94,9 +82,9 @@ def iter_adapt(
         Unlabeled source-domain and new-microscope images: anything
         :func:`~napari_lmadda.adapt.sampling.make_sampler` accepts.
     method : str
-        One of :data:`METHODS`.
+        A name of :data:`~napari_lmadda.adapt.registry.METHODS`.
     layers : int, str or sequence of int
-        Layer(s) to match (LM-ADDA); ignored by ``none`` and ``adda``.
+        Layer(s); what they mean depends on the method (its entry's ``layers``).
     config : AdaptConfig, optional
         Hyper-parameters (defaults otherwise).
     cancel : callable, optional
@@ -106,7 +94,7 @@ def iter_adapt(
         never used for selection (benchmarks log ground-truth Pearson with it).
     run_state : path, optional
         Adversarial methods save their whole state there at every evaluation and resume
-        from it when it exists (see :func:`~napari_lmadda.adapt.loop.run`).
+        from it when it exists (see :func:`~napari_lmadda.adapt.loop.run`); others ignore it.
 
     Yields
     ------
@@ -114,25 +102,23 @@ def iter_adapt(
         ``Started``, ``Step``, ``Evaluated``, ``Finished``.
     """
     cfg = config or AdaptConfig()
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    entry = registry.get(method)
     lays = parse_layers(layers, model.num_layers)
-    if method in ("lmadda", "lmadda-multi") and not lays:
+    if entry.needs_layers and not lays:
         raise ConfigError(f"method {method!r} needs a layer (1..{model.num_layers})")
     if cfg.patch_size % model.min_size:
         raise ConfigError(
             f"patch size {cfg.patch_size} must be a multiple of {model.min_size} for this model"
         )
-    mod = importlib.import_module(METHODS[method])
-    if method == "apma" and distributed.env_world_size() > 1:
-        raise ConfigError("apma runs in a single process: start it without torchrun")
+    if not entry.multi_process and distributed.env_world_size() > 1:
+        raise ConfigError(f"{method} runs in a single process: start it without torchrun")
     src = make_sampler(source, cfg.patch_size, cfg.batch_size, seed=cfg.seed, role="source")
     tgt = make_sampler(target, cfg.patch_size, cfg.batch_size, seed=cfg.seed + 1000, role="target")
-    if hasattr(mod, "make"):  # a step on the adversarial loop
-        yield from loop.run(mod.make(model, lays, cfg), model, src, tgt, config=cfg,
+    if entry.adversarial:
+        yield from loop.run(entry.factory(model, lays, cfg), model, src, tgt, config=cfg,
                             cancel=cancel, monitor=monitor, run_state=run_state)
     else:
-        yield from mod.run(model, src, tgt, layers=lays, config=cfg, cancel=cancel)
+        yield from entry.factory(model, src, tgt, layers=lays, config=cfg, cancel=cancel)
 
 
 def adapt(

@@ -21,14 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..adapt.engine import method_names
+from ..adapt.registry import METHODS
 from ..errors import ConfigError
 from ..options import add_arguments as add_arguments_of
 from ..options import option
 
 NAME = "adapt"
-# methods built on the adversarial loop, which splits its batches over torchrun's processes
-MULTI_PROCESS_METHODS = ("lmadda", "lmadda-multi", "adda")
 HELP = (
     "Adapt a source model to unlabeled images of a new microscope (LM-ADDA at a chosen "
     "layer, or a baseline) and save the adapted model."
@@ -40,7 +38,7 @@ class AdaptArgs:
     """The options of ``adapt`` besides :class:`DomainArgs` and the AdaptConfig flags."""
 
     method: str = option("lmadda", "adaptation method", flag="--method",
-                         choices=tuple(method_names()))
+                         choices=tuple(METHODS))
     layer: str | None = option(None, "layer to match, 1..2*num_downs: '2', or '2,5' for "
                                "lmadda-multi", flag="--layer", metavar="L")
     out: Path = option(help="adapted model file to write", flag="--out", metavar="ADAPTED.pt")
@@ -94,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from ._common import adapt_config_from_args, check_new_file
 
     world = distributed.env_world_size()
-    if world > 1 and args.method not in MULTI_PROCESS_METHODS:
+    if world > 1 and not METHODS[args.method].multi_process:
+        multi = ", ".join(m for m, e in METHODS.items() if e.multi_process)
         raise ConfigError(f"--method {args.method} does not run on several processes: start it "
-                          f"without torchrun (multi-process: {', '.join(MULTI_PROCESS_METHODS)})")
+                          f"without torchrun (multi-process: {multi})")
 
     state = Path(str(args.out) + ".run")
     if args.resume and not state.exists():

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adapt.registry import METHODS as REGISTRY
+from ..adapt.registry import baselines
 from ..data.synthetic import PROJECT_DOMAINS
 from ..errors import ConfigError, OutputExistsError
 from ..options import add_arguments as add_arguments_of
@@ -32,7 +34,8 @@ HELP = (
 )
 
 SHIFTS = {k: v for k, v in PROJECT_DOMAINS.items() if k in ("brightfield", "overexpose", "scale")}
-METHODS = ("none", "adabn", "adda", "lmadda")
+#: the registry's baselines and LM-ADDA
+METHODS = (*baselines(), "lmadda")
 
 
 @dataclass(kw_only=True)
@@ -168,14 +171,15 @@ def run(args: argparse.Namespace) -> int:
     preds: dict[str, np.ndarray] = {}
     for method in methods:
         t1 = time.time()
-        label = f"lmadda L{args.layer}" if method == "lmadda" else method
+        entry = REGISTRY[method]
+        label = f"{method} L{args.layer}" if entry.needs_layers else method
         result = None
         for ev in iter_adapt(
             model,
             source,
             target,
             method=method,
-            layers=args.layer if method == "lmadda" else None,
+            layers=args.layer if entry.needs_layers else None,
             config=cfg,
         ):
             if isinstance(ev, Evaluated) and ev.step > 0:
@@ -202,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=True,
                 metadata={"method": label, "channels": names, "model": result.provenance},
             )
-        if method in ("adda", "lmadda"):
+        if entry.adversarial:  # the trained models are worth keeping
             save_model(
                 result.model,
                 out / f"adapted_{label.replace(' ', '_')}.pt",

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapt.registry import METHODS
 from ..options import add_arguments as add_arguments_of
 from ..options import check_args, option
 
@@ -95,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(rec.summary())
     print(f"reason: {rec.reason}")
+    if rec.layer is not None:
+        one = [name for name, e in METHODS.items() if e.layers == "one"]
+        print(f"to adapt there: lmadda adapt --method {one[0]} --layer {rec.layer} ... "
+              f"(methods that match one layer: {', '.join(one)})")
     if args.out is not None:
         paths = write_recommendation(rec, args.out, overwrite=True,
                                      title=f"{_short(args.source)} -> {_short(args.target)}")

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapt.registry import baselines
 from ..options import add_arguments as add_arguments_of
 from ..options import check_args, option
 
@@ -44,8 +45,8 @@ class SweepArgs:
     eval_images: Path | None = option(None, "images to score with --truth",
                                       flag="--eval-images", default_text="the --target images")
     layers: str = option("1-16", "layers for LM-ADDA", flag="--layers")
-    methods: str = option("none,adabn,adda", "baselines to run too, comma-separated ('' for "
-                          "none)", flag="--methods")
+    methods: str = option(",".join(baselines()), "baselines to run too, comma-separated "
+                          "('' for none)", flag="--methods")
     seeds: list[int] = option([0], "seeds, e.g. 0,1,2", flag="--seeds", cli_type=_ints,
                               default_text="0")
     tile: int = option(256, "tile side for scoring", flag="--tile", low=1)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..adapt.registry import METHODS, baselines
 from ..errors import ConfigError, EmptyFolderError
 from ..jsonsafe import json_safe
 
@@ -45,8 +46,9 @@ __all__ = [
     "write_sweep",
 ]
 
-#: Methods drawn as horizontal reference lines (they do not depend on a layer).
-BASELINES = ("none", "adabn", "adda")
+#: Methods run beside LM-ADDA by default and drawn as horizontal reference lines (the
+#: registry's baselines: they do not depend on a layer).
+BASELINES = baselines()
 
 
 @dataclass
@@ -235,7 +237,7 @@ def iter_sweep(
         In the order of :func:`plan_runs`.
     """
     from ..adapt.config import AdaptConfig
-    from ..adapt.engine import METHODS, iter_adapt, parse_layers
+    from ..adapt.engine import iter_adapt, parse_layers
     from ..adapt.events import Finished, StopReason
 
     cfg = config or AdaptConfig()

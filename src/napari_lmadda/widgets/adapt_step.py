@@ -52,7 +52,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "AdaptStep",
-    "METHOD_LABELS",
     "default_layer",
     "dock_options",
     "layer_mode",
@@ -60,38 +59,35 @@ __all__ = [
     "outcome_text",
 ]
 
-#: engine method name -> label shown in the method box (methods without one show their name)
-METHOD_LABELS: dict[str, str] = {
-    "none": "None (unadapted copy)",
-    "adabn": "AdaBN",
-    "adda": "ADDA",
-    "lmadda": "LM-ADDA",
-    "lmadda-multi": "LM-ADDA multi",
-    "apma": "APMA",
-    "scgan": "scGAN",
-}
-#: how a method takes layers: "one" (the slider), "range" (the range slider); others take none
-_LAYER_MODES: dict[str, str] = {"adabn": "one", "lmadda": "one", "lmadda-multi": "range"}
 _RED = "#e06c6c"
 
 
 def method_label(method: str) -> str:
-    """Return the label of an engine method in the method box."""
-    return METHOD_LABELS.get(method, method)
+    """The label of a method in the method box (from the registry)."""
+    from ..adapt.registry import METHODS
+
+    entry = METHODS.get(method)
+    return entry.label if entry is not None else method
 
 
 def layer_mode(method: str) -> str:
-    """How ``method`` takes layers: ``"one"``, ``"range"`` or ``"none"``."""
-    return _LAYER_MODES.get(method, "none")
+    """How ``method`` takes layers in the dock: ``"one"``, ``"range"`` or ``"none"``."""
+    from ..adapt.registry import METHODS
+
+    entry = METHODS.get(method)
+    return {"one": "one", "upto": "one", "several": "range"}.get(
+        entry.layers if entry is not None else "none", "none")
 
 
 def dock_options(method: str) -> list[str]:
-    """The options of ``method`` shown in the dock (marked ``dock``), by their flat name."""
-    from ..adapt.config import AdaptConfig
+    """The flat names of ``method``'s options shown in the dock (its sub-config's ``dock``)."""
+    from ..adapt.registry import METHODS
     from ..options import iter_options
 
-    return [name for name, _, opt, _ in iter_options(AdaptConfig)
-            if opt.dock and name.split("_")[0] == method]
+    entry = METHODS.get(method)
+    if entry is None or entry.options is None:
+        return []
+    return [opt.alias for _, _, opt, _ in iter_options(entry.options) if opt.dock]
 
 
 def default_layer(num_layers: int, recommended: int | None = None) -> int:
@@ -163,7 +159,7 @@ class AdaptStep(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         from ..adapt.config import AdaptConfig
-        from ..adapt.engine import method_names
+        from ..adapt.registry import METHODS, method_names
         from ..options import control
 
         super().__init__()
@@ -175,13 +171,13 @@ class AdaptStep(QWidget):
         defaults = AdaptConfig()
 
         self.method_combo = compact_combo(QComboBox())
-        for key in method_names():  # the engine's registry: new methods show up here
+        for key in method_names():  # the registry: new methods show up here
             self.method_combo.addItem(method_label(key), key)
+            self.method_combo.setItemData(self.method_combo.count() - 1,
+                                          METHODS[key].summary, Qt.ItemDataRole.ToolTipRole)
         self.method_combo.setCurrentIndex(max(0, self.method_combo.findData("lmadda")))
-        self.method_combo.setToolTip(
-            "LM-ADDA adapts only the layers up to the matched layer; ADDA matches the output; "
-            "AdaBN only re-estimates BatchNorm statistics")
         self.method_combo.currentIndexChanged.connect(self._on_method)
+        self._method_tip()
 
         self.layer_slider = MarkedSlider()
         self.layer_slider.setRange(1, 1)
@@ -529,7 +525,15 @@ class AdaptStep(QWidget):
         self.plot_tabs.setCurrentWidget(self.recommender.gap_plot if rec is not None
                                         else self.plot)
 
+    def _method_tip(self) -> None:
+        from ..adapt.registry import LAYER_USES, METHODS
+
+        entry = METHODS.get(self.method)
+        self.method_combo.setToolTip(
+            f"{entry.label}: {entry.summary}; {LAYER_USES[entry.layers]}" if entry else "")
+
     def _on_method(self, *_: Any) -> None:
+        self._method_tip()
         mode = layer_mode(self.method)
         self._set_row_visible(self.layer_slider, mode == "one")
         self._set_row_visible(self.range_slider, mode == "range")

@@ -99,17 +99,9 @@ class AdaptedModel:
     @property
     def tag(self) -> str:
         """Short tag for layer names, e.g. ``lmadda L2``, ``adda`` or ``unadapted``."""
-        r = self.result
-        if r.method == "none":  # an unchanged copy: the same as the unadapted model
-            return "unadapted"
-        if r.method == "adda" or not r.layers:
-            return r.method
-        lays = r.layers
-        if len(lays) == 1:
-            return f"{r.method} L{lays[0]}"
-        contiguous = list(lays) == list(range(lays[0], lays[-1] + 1))
-        spec = f"{lays[0]}-{lays[-1]}" if contiguous else ",".join(map(str, lays))
-        return f"{r.method} L{spec}"
+        from ..adapt.registry import result_tag
+
+        return result_tag(self.result.method, self.result.layers)
 
     def describe(self) -> str:
         """``lmadda L10 · run 2 (completed, kept step 120)``."""
