@@ -119,16 +119,20 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
                           "brightfield/dapi"}
     cells = {ly.name: grid.position(viewer.layers.index(ly), viewer.layers) for ly in
              viewer.layers if ly.visible}
-    order = sorted(cells, key=lambda n: cells[n][1])
+    order = sorted(cells, key=lambda n: cells[n])  # row by row
     assert order == ["brightfield/input", "DAPI [unadapted]", "DAPI [lmadda L2 #2]",
                      "brightfield/dapi"]
+    assert cells["brightfield/input"] == (0, 0)
     stains = [viewer.layers[n] for n in order[1:]]
     assert len({tuple(ly.contrast_limits) for ly in stains}) == 1
+    assert {ly.colormap.name for ly in stains} == {"gray"}
     stains[0].contrast_limits = (0.0, 0.5)
     assert tuple(stains[2].contrast_limits) == (0.0, 0.5)
     d.results.side_btn.setChecked(False)
     assert not grid.enabled
     assert viewer.layers["DAPI [lmadda L2 #2]"].visible and not truth.visible
+    assert viewer.layers["DAPI [lmadda L2 #2]"].colormap.name == "blue"
+    assert truth.colormap.name == "blue"
     # export: the stains as TIFF and the model, never over existing files
     out = tmp_path / "stains"
     out.mkdir()

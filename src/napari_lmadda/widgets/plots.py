@@ -154,7 +154,7 @@ class ValidationPlot(_PlotBox):
         self.plot = _plot_widget(110)
         self.plot.setLabel("bottom", "step")
         self.plot.setLabel("left", "validation Pearson")
-        self.plot.setYRange(-0.1, 1.0, padding=0)
+        self.plot.setYRange(-0.1, 1.05, padding=0)
         self.loss = self.plot.plot([], [], pen=pg.mkPen("#4a90e2", width=1.2))
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#7ed321", width=2), symbol="o",
                                     symbolSize=5, symbolBrush="#7ed321")

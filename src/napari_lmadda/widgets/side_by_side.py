@@ -1,8 +1,9 @@
 """Side by side: the input, the unadapted stain, the adapted stain and the ground truth.
 
 One click puts them in napari's grid (one linked view each, in that order, each named in
-its corner) with one contrast range shared by the stains and the ground truth (linked: moving
-one moves all); a second click restores the overlay exactly as it was. The overlay of stains
+its corner) with one contrast range and one grey scale shared by the stains and the ground
+truth (linked: moving one moves all); a second click restores the overlay exactly as it was
+(order, visibility, colours, contrast). The overlay of stains
 on the input stays the default view.
 """
 
@@ -38,6 +39,7 @@ class _Saved:
     visible: dict[int, bool] = field(default_factory=dict)
     order: list[Any] = field(default_factory=list)
     limits: dict[int, tuple] = field(default_factory=dict)
+    colormaps: dict[int, Any] = field(default_factory=dict)
     names_shown: dict[int, bool] = field(default_factory=dict)
     grid: tuple = ()
 
@@ -79,6 +81,7 @@ class SideBySide:
         saved.order = list(v.layers)
         for ly in layers:
             saved.limits[id(ly)] = tuple(ly.contrast_limits)
+            saved.colormaps[id(ly)] = ly.colormap
             saved.names_shown[id(ly)] = bool(ly.name_overlay.visible)
         self.saved, self.panels = saved, panels
         stains = panels.stains()
@@ -87,6 +90,7 @@ class SideBySide:
             hi = max(float(ly.contrast_limits[1]) for ly in stains)
             for ly in stains:
                 ly.contrast_limits = (lo, hi)
+                ly.colormap = "gray"  # one scale for all: a dark blue hides what differs
             if len(stains) > 1:
                 self._links = link_layers(stains, ("contrast_limits",))
         chosen = {id(ly) for ly in layers}
@@ -100,7 +104,7 @@ class SideBySide:
         for ly in layers:
             ly.name_overlay.visible = True
         grid.stride = 1
-        grid.shape = (1, len(layers)) if len(layers) <= 4 else (-1, -1)
+        grid.shape = (-1, -1)  # 2 x 2 for four: larger views than one row
         grid.enabled = True
         v.reset_view()
         return [ly.name for ly in layers]
@@ -131,6 +135,8 @@ class SideBySide:
         for ly in v.layers:
             if id(ly) in saved.visible:
                 ly.visible = saved.visible[id(ly)]
+            if id(ly) in saved.colormaps:
+                ly.colormap = saved.colormaps[id(ly)]
             if id(ly) in saved.limits:
                 ly.contrast_limits = saved.limits[id(ly)]
             if id(ly) in saved.names_shown:
