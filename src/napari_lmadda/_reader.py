@@ -72,7 +72,7 @@ def _image_folders(folder: Path) -> tuple[list[Path], list[Path]]:
     return found + subs[:MAX_SUBFOLDERS], subs[MAX_SUBFOLDERS:]
 
 
-def _layers_of(folder: Path, name: str) -> tuple[list[LayerData], list[str]]:
+def _layers_of(folder: Path, name: str) -> tuple[list[LayerData], list[str], str]:
     from .data.groups import read_image_groups
     from .widgets.stain_layers import stain_colormap
 
@@ -88,7 +88,12 @@ def _layers_of(folder: Path, name: str) -> tuple[list[LayerData], list[str]]:
             kwargs.update(colormap=stain_colormap(folder.name, i), blending="additive",
                           visible=False)
         out.append((group.stack, kwargs, "image"))
-    return out, [f"{folder.name}/{s}" for s in skipped]
+    sizes = ""
+    if len(groups) > 1:
+        listed = ", ".join(f"{g.shape[0]}x{g.shape[1]} ({len(g.planes)})" for g in groups)
+        sizes = (f"'{name}' holds images of {len(groups)} sizes ({listed}); opened one layer "
+                 "per size")
+    return out, [f"{folder.name}/{s}" for s in skipped], sizes
 
 
 def read_folder(path: str | list[str]) -> list[LayerData]:
@@ -114,31 +119,36 @@ def read_folder(path: str | list[str]) -> list[LayerData]:
     out: list[LayerData] = []
     skipped: list[str] = []
     failed: list[str] = []
+    notes = []
     for f in folders:
         name = folder.name if f == folder else f"{folder.name}/{f.relative_to(folder)}"
         try:
-            layers, bad = _layers_of(f, name)
+            layers, bad, sizes = _layers_of(f, name)
         except LmaddaError as exc:
             failed.append(f"{name}: {exc}")
             continue
         out += layers
         skipped += bad
+        if sizes:
+            notes.append(sizes)
     if not out:
         _notify("error", f"nothing in '{folder.name}' could be opened ({failed[0]})")
         return [(None,)]
-    notes = []
     if len(folders) > 1 or folders[0] != folder:
-        notes.append(f"opened {len(out)} layer(s) from {len(folders)} folder(s) of "
-                     f"'{folder.name}'")
-    if skipped:
-        notes.append(f"skipped {len(skipped)} unreadable file(s): {skipped[0]}")
-    if failed:
-        notes.append(f"could not open {failed[0]}")
+        notes.insert(0, f"opened {len(out)} layer(s) from {len(folders)} folder(s) of "
+                        f"'{folder.name}'")
     if left_out:
         notes.append(f"left {len(left_out)} more sub-folder(s) unopened (drop them one by "
                      "one)")
+    problems = []
+    if skipped:
+        problems.append(f"skipped {len(skipped)} unreadable file(s): {skipped[0]}")
+    if failed:
+        problems.append(f"could not open {failed[0]}")
     if notes:
-        _notify("warning" if (skipped or failed) else "info", "; ".join(notes))
+        _notify("info", "; ".join(notes))
+    if problems:  # last: the dock shows the last message, and problems come first
+        _notify("warning", "; ".join(problems))
     return out
 
 
