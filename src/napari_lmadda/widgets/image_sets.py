@@ -40,15 +40,7 @@ def layer_planes(layer: Any) -> np.ndarray:
     LmaddaError
         For RGB layers and layers that are not images.
     """
-    from napari.layers import Image
-
-    if not isinstance(layer, Image):
-        raise LmaddaError(f"layer '{layer.name}' is not an image layer")
-    if getattr(layer, "rgb", False):
-        raise LmaddaError(
-            f"layer '{layer.name}' is an RGB image; the models take grey images (split or "
-            "convert it to greyscale first)"
-        )
+    _check_grey_image(layer)
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     return _planes(data, layer.name)
 
@@ -67,19 +59,42 @@ def _layer(viewer: napari.Viewer, name: str) -> Any:
 
 
 def images_for_adaptation(viewer: napari.Viewer, role: str) -> Any:
-    """Return what the engine takes for a role: a folder (read lazily) or an (N, H, W) array.
+    """Return what the engine takes for a role, or a function returning it.
+
+    A folder gives its path (read lazily by the engine); a layer gives a function of no
+    argument returning its ``(N, H, W)`` float32 planes, to call in the worker: converting a
+    large layer takes time and memory napari's thread should not spend.
 
     Raises
     ------
     LmaddaError
-        Nothing chosen, or the choice is unusable.
+        Nothing chosen, or the choice is unusable (checked now, without converting pixels).
     """
     sel = get_state(viewer).selections.get(role)
     if sel is None:
         raise LmaddaError(f"choose the {ROLES[role].lower()} first (Images step)")
     if sel.kind == "folder":
         return sel.value
-    return layer_planes(_layer(viewer, sel.value))
+    layer = _layer(viewer, sel.value)
+    _check_grey_image(layer)
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    name = layer.name
+    return lambda: _planes(data, name)
+
+
+def _check_grey_image(layer: Any) -> None:
+    from napari.layers import Image
+
+    if not isinstance(layer, Image):
+        raise LmaddaError(f"layer '{layer.name}' is not an image layer")
+    if getattr(layer, "rgb", False):
+        raise LmaddaError(
+            f"layer '{layer.name}' is an RGB image; the models take grey images (split or "
+            "convert it to greyscale first)"
+        )
+    shape = layer.data[0].shape if getattr(layer, "multiscale", False) else layer.data.shape
+    if len(shape) < 2 or min(shape[-2:]) < 2:
+        raise LmaddaError(f"layer '{layer.name}' of shape {tuple(shape)} is not an image")
 
 
 @dataclass
@@ -133,9 +148,7 @@ def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
         raise LmaddaError("choose the new-microscope images first (Images step)")
     if sel.kind == "layer":
         layer = _layer(viewer, sel.value)
-        if getattr(layer, "rgb", False):
-            raise LmaddaError(f"layer '{layer.name}' is an RGB image; the models take grey "
-                              "images (split or convert it to greyscale first)")
+        _check_grey_image(layer)
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         ndim = layer.ndim
         kwargs = {"scale": tuple(layer.scale)[-max(ndim, 2):],

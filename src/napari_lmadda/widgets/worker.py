@@ -183,6 +183,11 @@ def release_device(device: Any) -> None:
         pass
 
 
+def _loaded(images: Any) -> Any:
+    """Images as the core takes them: a function (layer pixels to convert) is called here."""
+    return images() if callable(images) else images
+
+
 def _resolved(device: str) -> str:
     from ..devices import resolve_device
 
@@ -204,6 +209,9 @@ def adapt_messages(
     The adapted model comes back on the CPU, and the device's cached memory is released,
     whether the run completed, was stopped or failed.
 
+    ``source`` and ``target`` are what the engine takes, or a function returning it (called
+    here, in the worker).
+
     Yields
     ------
     Started, Step, Evaluated, Finished or RunFailed
@@ -215,6 +223,7 @@ def adapt_messages(
         from ..adapt.events import Finished
 
         device = _resolved(device)
+        source, target = _loaded(source), _loaded(target)
         for ev in iter_adapt(model, source, target, method=method, layers=layers,
                              config=config, cancel=cancel):
             if isinstance(ev, Finished):
@@ -330,8 +339,9 @@ def recommend_messages(
 
             t0 = time.perf_counter()
             rec = recommend_layer(
-                model, source, target, patch_size=patch_size, n_patches=n_patches,
-                probe_steps=probe_steps, device=device, seed=seed, cancel=cancel,
+                model, _loaded(source), _loaded(target), patch_size=patch_size,
+                n_patches=n_patches, probe_steps=probe_steps, device=device, seed=seed,
+                cancel=cancel,
                 progress=lambda d, t, m: messages.put(RecommendProgress(d, t, m)))
             messages.put(RecommendDone(rec, time.perf_counter() - t0))
         except LmaddaError as exc:
