@@ -89,7 +89,8 @@ def test_every_flag_of_every_command_has_help_and_comes_from_a_declaration():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {"demo", "train-source", "adapt", "predict", "sweep",
-                             "recommend-layer", "evaluate", "make-synthetic", "fid"}
+                             "recommend-layer", "evaluate", "make-synthetic", "fid",
+                             "export-bioimageio"}
     for name, sub in commands.items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":

@@ -181,8 +181,10 @@ def read_model_file(path: str | list[str]) -> list[LayerData]:
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
     """Return a reader for a folder or a model file, else None (never raises).
 
-    Every folder (but chunked-array stores such as ``.zarr``) is accepted: one with nothing
-    to open is refused by the reader in one line, rather than by napari with a traceback.
+    An OME-Zarr image, plate or well opens through :mod:`~napari_lmadda.data.zarr_io`; every
+    other folder (but other chunked-array stores, ``.zarr``/``.n5``) is accepted: one with
+    nothing to open is refused by the reader in one line, rather than by napari with a
+    traceback.
 
     Parameters
     ----------
@@ -200,6 +202,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
             path = path[0]
         p = Path(path)
         if p.is_dir():
+            from .data.zarr_io import is_zarr_image, zarr_layer_data
+
+            if is_zarr_image(p):  # an OME-Zarr image, HCS plate or well
+                return zarr_layer_data
             return None if p.suffix.lower() in _NOT_OURS else read_folder
         if p.suffix.lower() in MODEL_SUFFIXES and p.is_file():
             return read_model_file

@@ -27,6 +27,7 @@ _COMMANDS = [
     "evaluate",
     "make_synthetic",
     "fid",
+    "export_bioimageio",
 ]
 
 

@@ -607,21 +607,23 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
         The inputs.
     """
     from ..data.io import EmptyFolderError, _natural_key, list_images
-    from ..data.zarr_io import is_zarr_image
+    from ..data.zarr_io import is_zarr_image, zarr_inputs, zarr_stem
 
     root = Path(images).expanduser()
     if is_zarr_image(root):
-        return [root]
+        return zarr_inputs(root)  # an HCS plate or well: its fields
     if not root.is_dir():
         return list_images(root)
-    zarrs = [p for p in root.iterdir() if not p.name.startswith(".") and is_zarr_image(p)]
+    zarrs = [f for p in root.iterdir() if not p.name.startswith(".") and is_zarr_image(p)
+             for f in zarr_inputs(p)]
     if not zarrs:
         return list_images(root)
     try:
         files = list_images(root)
     except EmptyFolderError:
         files = []
-    return sorted([*files, *zarrs], key=lambda p: _natural_key(p.name))
+    return sorted([*files, *zarrs],
+                  key=lambda p: _natural_key(zarr_stem(p) if is_zarr_image(p) else p.name))
 
 
 def _naming_path(p: Path) -> Path:
@@ -727,7 +729,7 @@ def iter_predict_folder_dask(
     import dask.array as da
 
     from ..data.io import ImageWarning, write_tiff
-    from ..data.zarr_io import OmeZarrWriter
+    from ..data.zarr_io import OmeZarrWriter, read_calibration, source_name
 
     t0 = time.perf_counter()
     _check_options(tile, overlap, batch_size, chunk, amp)
@@ -773,7 +775,8 @@ def iter_predict_folder_dask(
             preds = [b.to_dask() for b in preds]
             stack = preds[0] if len(preds) == 1 else da.stack(preds, axis=1)  # C(Z)YX
             zchunks = (1, *([1] if stack.ndim == 4 else []), chunk, chunk)
-            writer = OmeZarrWriter(target, stack.shape, zchunks, names, overwrite=overwrite)
+            writer = OmeZarrWriter(target, stack.shape, zchunks, names, overwrite=overwrite,
+                                   calibration=read_calibration(path))
             stored = da.store(stack, writer.array, lock=False, compute=False)
             value = dask.delayed(_pack, pure=False)(stored, msgs)
             return _Job(path, target, len(planes), value, writer, pixels=pixels)
@@ -785,7 +788,7 @@ def iter_predict_folder_dask(
         _emit([m for ms in msgs for m in ms], job.path)
         n = job.n_planes
         md = {
-            "source_image": job.path.name,
+            "source_image": source_name(job.path),  # an HCS field: plate.ome.zarr/A/1/0
             "channels": names,
             "model": meta.get("provenance", {}),
             **(metadata or {}),

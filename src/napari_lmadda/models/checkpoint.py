@@ -383,6 +383,10 @@ def load_model(
         from ..assets import demo_model_path
 
         path = demo_model_path()
+    from ..bioimageio.load import is_bioimageio_package, load_bioimageio
+
+    if is_bioimageio_package(path):  # a bioimage.io zip: read as data, no package code runs
+        return load_bioimageio(path, device, eval_mode=eval_mode)
     cfg, sd, meta, tcfg = _read(path)
     _check_fits(cfg, sd, path, tcfg)  # before allocating: a file may declare a huge network
     model = _build(cfg, tcfg)

@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+try:
+    from ..errors import ConfigError
+except ImportError:  # loaded as a lone file (e.g. a bioimage.io package's architecture)
+
+    class ConfigError(ValueError):  # type: ignore[no-redef]
+        """An architecture option is out of its valid range (the package's own type there)."""
+
 
 __all__ = ["UNetConfig", "UNetGenerator", "LayerInfo"]
 
