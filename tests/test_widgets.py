@@ -280,3 +280,22 @@ def test_new_model_after_results_starts_clean(dock, tiny_model_path, qtbot, monk
     assert d.results.predict()
     qtbot.waitUntil(lambda: idle(d) and bool(d.results.last_layers), timeout=60_000)
     assert len(viewer.layers) == n + 2  # the new model's unadapted stains are new layers
+
+
+def test_export_to_bioimageio_from_the_results(dock, tiny_model_path, qtbot, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    import zipfile
+
+    viewer, d = dock
+    assert d.model.load(str(tiny_model_path))
+    viewer.open_sample(PLUGIN, "cells")
+    assert d.results.bioimage_btn.isEnabled()
+    assert d.results.export_bioimageio(tmp_path / "tiny")
+    qtbot.waitUntil(lambda: idle(d), timeout=180_000)
+    package = tmp_path / "tiny.bioimageio.zip"
+    assert package.is_file(), d.results.status.text()
+    assert "rdf.yaml" in zipfile.ZipFile(package).namelist()
+    assert "Wrote the bioimage.io package" in d.message.text()
+    before = package.read_bytes()
+    assert not d.results.export_bioimageio(package)  # never over an existing file
+    assert "already exists" in d.message.text() and package.read_bytes() == before

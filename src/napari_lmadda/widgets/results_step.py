@@ -133,6 +133,12 @@ class ResultsStep(QWidget):
         self.export_btn.setToolTip("Write the shown stain layers as TIFF files with their "
                                    "metadata (never over existing files)")
         self.export_btn.clicked.connect(self._ask_export)
+        self.bioimage_btn = QPushButton("Export to bioimage.io…")
+        self.bioimage_btn.setToolTip(
+            "Write the chosen model (adapted, or the loaded one) as a bioimage.io model package "
+            "(a zip other tools can run: its normalisation, test images from the new "
+            "microscope, provenance); validated as it is written")
+        self.bioimage_btn.clicked.connect(self._ask_bioimageio)
         self.status = QLabel()
         self.status.setWordWrap(True)
 
@@ -157,6 +163,9 @@ class ResultsStep(QWidget):
         self.export_row = QHBoxLayout()
         self.export_row.addWidget(self.save_btn)
         self.export_row.addWidget(self.export_btn)
+        bioimage_row = QHBoxLayout()
+        bioimage_row.addWidget(self.bioimage_btn)
+        bioimage_row.addStretch(1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 0, 0, 0)
         layout.setSpacing(4)
@@ -165,6 +174,7 @@ class ResultsStep(QWidget):
         layout.addLayout(checks)
         layout.addLayout(compare)
         layout.addLayout(self.export_row)
+        layout.addLayout(bioimage_row)
         layout.addWidget(self.status)
 
         for sig in (self.state.model_changed, self.state.busy_changed, self.state.data_changed):
@@ -511,6 +521,73 @@ class ResultsStep(QWidget):
                    toast=False)
         return written
 
+    def export_bioimageio(self, path: str | Path, overwrite: bool = False) -> bool:
+        """Write the chosen model as a bioimage.io package in the background.
+
+        The adapted model of the chosen result (else the loaded model) is exported, with the
+        first new-microscope image as its test image. Problems are shown in the dock.
+
+        Returns
+        -------
+        bool
+            True if the export started.
+        """
+        if self.state.busy:
+            return False
+        adapted = self.state.adapted
+        model = adapted.model if adapted is not None else self.state.model
+        if model is None:
+            notify(self.state, "error", "Nothing to export: load a model first")
+            return False
+        path = Path(path)
+        if not path.name.endswith(".zip"):
+            path = path.with_name(path.name + ".bioimageio.zip")
+        if path.exists() and not overwrite:
+            notify(self.state, "error", f"Not exported: '{path}' already exists (choose "
+                                        "another name)")
+            return False
+        sample = None
+        try:
+            sample = prediction_loader(self.viewer)
+        except LmaddaError:
+            pass  # no new-microscope images chosen: the export's own synthetic sample
+        label = adapted.tag if adapted is not None else "unadapted"
+        name = f"{self.state.model_label} {label}".replace(".pt", "")
+        self.state.set_busy(True)
+        self.set_status(f"Writing and validating the bioimage.io package of [{label}]…")
+
+        def work(cancel: Any) -> Any:
+            image = sample()[0].stack[0] if sample is not None else None
+            return workers.bioimageio_messages(model, path, sample=image, name=name,
+                                               overwrite=overwrite)
+
+        task = workers.start(work, self._on_export_message, self._on_export_done)
+        self.task = None if task.done else task
+        return True
+
+    def _on_export_message(self, msg: Any) -> None:
+        if isinstance(msg, workers.ExportDone):
+            text = f"Wrote the bioimage.io package '{msg.path}' ({msg.seconds:.0f} s)"
+            self.set_status(text)
+            notify(self.state, "info", text, toast=False)
+            self.last_bioimageio = Path(msg.path)
+        elif isinstance(msg, workers.RunFailed):
+            self.set_status(msg.message, error=True)
+            notify(self.state, "error", f"Not exported: {msg.message}")
+
+    def _on_export_done(self) -> None:
+        self.task = None
+        self.state.set_busy(False)
+
+    def _ask_bioimageio(self) -> None:
+        adapted = self.state.adapted
+        suggested = (f"{adapted.tag.replace(' ', '_')}.bioimageio.zip" if adapted is not None
+                     else "model.bioimageio.zip")
+        path, _ = QFileDialog.getSaveFileName(self, "Export to bioimage.io", suggested,
+                                              "bioimage.io packages (*.zip)")
+        if path:  # the dialog asked before replacing a file; the package is written atomically
+            self.export_bioimageio(path, overwrite=True)
+
     def _ask_save_model(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the adapted model", "adapted.pt",
                                               "Model files (*.pt)")
@@ -551,6 +628,7 @@ class ResultsStep(QWidget):
         self.trust_check.setEnabled(not busy)
         self.result_combo.setEnabled(not busy and bool(self.state.runs))
         self.save_btn.setEnabled(not busy and self.state.adapted is not None)
+        self.bioimage_btn.setEnabled(not busy and has_model)
         self.export_btn.setEnabled(not busy and bool(self.last_layers))
         self.side_btn.setEnabled(not busy and bool(self.last_layers))
         self.marker_combo.setEnabled(not busy and bool(self.last_layers))

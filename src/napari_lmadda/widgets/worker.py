@@ -33,6 +33,7 @@ __all__ = [
     "TrustDone",
     "TrainData",
     "TrainDone",
+    "ExportDone",
     "DeviceInfo",
     "DeviceList",
     "adapt_messages",
@@ -41,6 +42,7 @@ __all__ = [
     "trust_messages",
     "train_messages",
     "device_messages",
+    "bioimageio_messages",
     "release_device",
     "start",
     "Task",
@@ -141,6 +143,14 @@ class TrainDone:
     best_step: int
     reason: str
     steps_done: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportDone:
+    """A bioimage.io package was written (and validated) at ``path``."""
+
+    path: str
     seconds: float
 
 
@@ -475,6 +485,39 @@ def train_messages(
         yield RunFailed(f"training failed ({type(exc).__name__}: {exc})", traceback.format_exc())
     finally:
         release_device(device)
+
+
+def bioimageio_messages(model: Any, path: Any, *, sample: Any = None, name: str | None = None,
+                        overwrite: bool = False) -> Iterator[ExportDone | RunFailed]:
+    """Write ``model`` as a bioimage.io package (validated as it is written).
+
+    Parameters
+    ----------
+    model : UNetGenerator
+        The model to export.
+    path : path-like
+        The package (``*.bioimageio.zip``); never over an existing file.
+    sample : ndarray, optional
+        An image of the microscope the model is for (its test tensors).
+    name : str, optional
+        Name shown by the model zoo.
+    overwrite : bool
+        Replace an existing package (written to a temporary file first, then renamed).
+
+    Yields
+    ------
+    ExportDone or RunFailed
+    """
+    t0 = time.perf_counter()
+    try:
+        from ..bioimageio.export import export_bioimageio
+
+        written = export_bioimageio(model, path, sample=sample, name=name, overwrite=overwrite)
+        yield ExportDone(str(written), time.perf_counter() - t0)
+    except LmaddaError as exc:
+        yield RunFailed(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug must not leave the GUI stuck
+        yield RunFailed(f"export failed ({type(exc).__name__}: {exc})", traceback.format_exc())
 
 
 def device_messages() -> Iterator[DeviceList | RunFailed]:
