@@ -67,7 +67,9 @@ def option_widget(ctl: Any) -> QWidget:
             w.setValue(default)
     else:
         w = QLineEdit()
-        w.setText("" if ctl.default is None else str(ctl.default))
+        w.setText(_text(ctl.default))
+        if ctl.default is None:
+            w.setPlaceholderText(_AUTO)
     w.setToolTip(ctl.tooltip)
     w.setProperty("lmadda_option", ctl.name)
     return w
@@ -85,7 +87,22 @@ def widget_value(w: QWidget, ctl: Any) -> Any:
     if isinstance(w, QDoubleSpinBox):
         return float(w.value())
     text = w.text().strip()
-    return text or ctl.default
+    if not text:
+        return ctl.default
+    if isinstance(ctl.default, tuple) or ctl.name.endswith(("_range", "_percentiles")):
+        try:  # a pair of numbers, typed "0.1, 99.9"
+            return tuple(float(v) for v in text.replace(";", ",").split(","))
+        except ValueError:
+            return text  # the option's own check names the problem
+    return text
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
 
 
 def set_widget_value(w: QWidget, value: Any) -> None:
@@ -97,7 +114,7 @@ def set_widget_value(w: QWidget, value: Any) -> None:
     elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
         w.setValue(value if value is not None else w.minimum())
     else:
-        w.setText("" if value is None else str(value))
+        w.setText(_text(value))
 
 
 class OptionForm(QWidget):

@@ -42,11 +42,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["TrainPanel"]
 
+_RED = "#e06c6c"
+
 #: handled by the panel's own fields, not the option form
 _OWN = {"inputs", "targets", "out", "channel_names", "device", "overwrite"}
 _LABELS = {"lambda_gan": "GAN", "num_downs": "Depth", "val_fraction": "Val. files",
            "val_patches": "Val. patches", "eval_every": "Val. every", "lr": "LR",
-           "ngf": "Filters"}
+           "ngf": "Filters", "target_norm": "Targets", "target_percentiles": "Target %",
+           "target_range": "Target range", "augment": "Augment", "size": "Size"}
 
 
 class _FolderRow(QWidget):
@@ -196,10 +199,10 @@ class TrainPanel(QWidget):
 
     # ------------------------------------------------------------------ request
     def request(self) -> Any:
-        """The training asked for, checked (a one-line :class:`LmaddaError` otherwise)."""
+        """The training asked for, checked and resolved (a one-line error otherwise)."""
+        from ..cli.train_source import TrainSourceArgs
         from ..errors import ConfigError
-        from ..training.source import SourceTrainConfig
-        from .training_data import TrainRequest
+        from .training_data import prepare_request
 
         inputs = self.inputs.edit.text().strip()
         if not inputs or not Path(inputs).expanduser().is_dir():
@@ -221,29 +224,11 @@ class TrainPanel(QWidget):
         if out.exists():
             raise ConfigError(f"'{out}' already exists; choose another name (nothing is "
                               "overwritten)")
-        from ..cli.train_source import TrainSourceArgs
-        from ..options import validate
-
-        v = self.form.values()
+        names = self.names_edit.text().strip() or None
         args = TrainSourceArgs(inputs=Path(inputs).expanduser(), targets=targets, out=out,
-                               device=self.device_combo.device(), **v)
-        validate(args)  # one line naming the option out of range
-        if args.patch % 2**args.num_downs:
-            raise ConfigError(f"patch {args.patch} px must be a multiple of "
-                              f"{2**args.num_downs} (2 to the power of the depth, "
-                              f"{args.num_downs})")
-        steps = int(v.get("steps") or 1)
-        eval_every = v.get("eval_every") or max(1, steps // 20)
-        config = SourceTrainConfig(
-            steps=steps, batch_size=int(v["batch"]), patch_size=int(v["patch"]),
-            lr=float(v["lr"]), lambda_gan=float(v.get("lambda_gan") or 0.0),
-            eval_every=int(eval_every), seed=int(v.get("seed") or 0),
-            device=self.device_combo.device())
-        names = [n for n in self.names_edit.text().split(",") if n.strip()]
-        arch = {k: v[k] for k in ("num_downs", "ngf", "norm") if k in v}
-        return TrainRequest(Path(inputs).expanduser(), targets, out, config, names, arch,
-                            float(v.get("val_fraction", 0.2)), int(v.get("val_patches") or 32),
-                            args)
+                               channel_names=names, device=self.device_combo.device(),
+                               **self.form.values())
+        return prepare_request(args)
 
     # ------------------------------------------------------------------ run
     def train(self) -> bool:
@@ -265,11 +250,18 @@ class TrainPanel(QWidget):
         self.plot.clear()
         self.last_reason = None
         self.last_done = None
-        self._config = request.config
-        self.progress.setRange(0, request.config.steps)
+        self.warnings: list[str] = []
+        self._request = request
+        cfg, arch = request.config, request.arch
+        self.progress.setRange(0, cfg.steps)
         self.progress.setValue(0)
         self.progress.setFormat("reading the images…")
-        self._set_status(f"Reading the pairs of '{request.inputs.name}'…")
+        timing = (f"; about {request.seconds_per_1000 * cfg.steps / 1000 / 60:.0f} min on "
+                  "one CPU core" if request.seconds_per_1000 else "")
+        self._head = (f"Size '{request.size}': depth {arch.num_downs}, {arch.ngf} filters, "
+                      f"{cfg.patch_size} px patches, batch {cfg.batch_size}; augmentation "
+                      f"'{cfg.augment}'{timing}")
+        self._set_status(f"{self._head}<br>Reading the pairs of '{request.inputs.name}'…")
         self.state.set_busy(True)
         task = workers.start(lambda cancel: workers.train_messages(request, cancel=cancel),
                              self._on_message, self._on_done)
@@ -293,6 +285,7 @@ class TrainPanel(QWidget):
 
     def _on_message(self, msg: Any) -> None:
         from ..adapt.events import Evaluated, Started, Step
+        from ..training import NotLearning, TimeEstimate
 
         if isinstance(msg, Step):
             self.plot.add_loss(msg.step, msg.loss_g)
@@ -303,15 +296,26 @@ class TrainPanel(QWidget):
             held = f", validating on {msg.n_val}" + (
                 f" ({len(msg.val_files)} held-out file(s))" if msg.val_files else
                 " (the training planes: a single file)")
-            extra = f"; left out: {msg.skipped[0]}" if msg.skipped else ""
-            self._set_status(f"Training on {msg.n_train} plane(s){held}; stains: "
-                             f"{', '.join(msg.channel_names)}{extra}")
+            self._head += (f"<br>Training on {msg.n_train} plane(s){held}; {msg.encoding}")
+            self._set_status(self._head)
+            self.warnings = list(msg.warnings)
+            if msg.warnings:
+                notify(self.state, "warning", "Training data: " + "; ".join(msg.warnings[:3])
+                       + (f" (and {len(msg.warnings) - 3} more)" if len(msg.warnings) > 3
+                          else ""))
         elif isinstance(msg, Started):
-            self._device = msg.device
             self.plot.start(msg.total_steps)
             self.progress.setFormat("step 0 / %m")
-            self._set_status(f"{self.status.text()}<br>{msg.trainable_params:,} parameters on "
-                             f"{self.device_combo.describe(msg.device)}")
+            self._head += (f"<br>{msg.trainable_params:,} parameters on "
+                           f"{self.device_combo.describe(msg.device)}")
+            self._set_status(self._head)
+        elif isinstance(msg, TimeEstimate):
+            self._set_status(f"{self._head}<br>{msg.message()}")
+        elif isinstance(msg, NotLearning):
+            text = msg.message().replace("\n  - ", " · ")
+            self.warnings.append(text)
+            self._set_status(f"{self._head}<br><span style='color:{_RED}'>{text}</span>")
+            notify(self.state, "warning", f"Training: {text}")
         elif isinstance(msg, workers.TrainDone):
             self._finish(msg)
         elif isinstance(msg, workers.RunFailed):
@@ -343,12 +347,12 @@ class TrainPanel(QWidget):
             notify(self.state, "warning", text)
             return
         head = "Trained" if done.reason == "completed" else f"Training {done.reason}"
-        low = ("; validation Pearson near 0: check that inputs and stains are paired and "
-               "the stain images are not empty" if done.best_pearson < 0.1 else "")
+        low = ("; <b>the model did not learn</b>: do not adapt or predict with it before "
+               "fixing the cause (above)" if done.not_learning else "")
         text = (f"{head} in {secs}: best validation Pearson {done.best_pearson:.3f} at step "
                 f"{done.best_step}; saved to '{done.path}' and loaded{low}")
         self.progress.setFormat(f"{done.reason} · best step {done.best_step}")
-        self._set_status(text, error=bool(low))
+        self._set_status(f"{self._head}<br>{text}", error=bool(low))
         self._loaded = (done.model, Path(done.path).name if done.path else "trained model",
                         Path(done.path) if done.path else None)
 

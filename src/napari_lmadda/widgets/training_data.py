@@ -1,9 +1,12 @@
 """What "Train a source model" asks for, and the data it trains on (Qt-free).
 
-:class:`TrainRequest` holds the options of ``lmadda train-source``; :func:`prepare_training`
-reads the paired folders the same way the command does (files paired by name, a validation
-split held out by file, fixed validation patches) and returns what
-:func:`~napari_lmadda.training.source.iter_train_source` takes. It runs in the worker thread.
+:class:`TrainRequest` holds the options of ``lmadda train-source``
+(:class:`~napari_lmadda.cli.train_source.TrainSourceArgs`); :func:`prepare_request` resolves
+them as the command does (size preset, architecture, :class:`SourceTrainConfig`), and
+:func:`read_training_data` reads the paired folders with
+:func:`napari_lmadda.training.prepare_training` (files paired by name, validation held out by
+file, targets of any range encoded as learned from the training set). The reading runs in the
+worker thread.
 """
 
 from __future__ import annotations
@@ -14,108 +17,115 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["TrainRequest", "PreparedTraining", "prepare_training"]
+__all__ = ["TrainRequest", "prepare_request", "read_training_data"]
 
 
 @dataclass
 class TrainRequest:
-    """The training panel's choices (the options of ``lmadda train-source``).
+    """A training the panel asks for, resolved.
 
     Attributes
     ----------
-    inputs : Path
-        Folder of input images (e.g. phase contrast).
-    targets : list of Path
-        One folder of target images per output channel, files paired with the inputs by name.
-    out : Path or None
-        Model file to write (best state; the last state goes to ``<out>_last.pt``).
-    channel_names : list of str
-        Output channel names (default: the target folder names).
-    arch : dict
-        ``num_downs``, ``ngf`` and ``norm`` of the UNet.
+    args : TrainSourceArgs
+        Every option, as ``lmadda train-source`` takes it.
+    names : list of str
+        Output channel names.
+    arch : UNetConfig
+        The architecture (the size preset's, or the depth/filters given).
     config : SourceTrainConfig
-        Steps, batch, patch, learning rate, GAN weight, validation interval, seed, device.
-    val_fraction : float
-        Fraction of the files held out for validation.
-    val_patches : int
-        Fixed validation patches.
-    args : TrainSourceArgs or None
-        Every option as ``lmadda train-source`` takes it.
+        Steps, batch, patch, learning rate, augmentation, target encoding, device...
+    size : str
+        The size preset used (``small``, ``medium``, ``large``).
+    seconds_per_1000 : float or None
+        The preset's measured CPU time per 1000 steps, when its settings are kept.
     """
 
-    inputs: Path
-    targets: list[Path]
-    out: Path | None
-    config: Any
-    channel_names: list[str] = field(default_factory=list)
-    arch: dict[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.2
-    val_patches: int = 32
-    args: Any = None
-
-
-@dataclass
-class PreparedTraining:
-    """Everything :func:`~napari_lmadda.training.source.iter_train_source` takes."""
-
-    sampler: Any
-    val: tuple[Any, Any]
+    args: Any
+    names: list[str]
     arch: Any
-    meta: dict[str, Any]
-    summary: Any
+    config: Any
+    size: str
+    seconds_per_1000: float | None = None
+    hints: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        """The model file to write."""
+        return Path(self.args.out)
+
+    @property
+    def inputs(self) -> Path:
+        """The folder of input images."""
+        return Path(self.args.inputs)
 
 
-def prepare_training(request: TrainRequest) -> PreparedTraining:
-    """Read the paired folders and set up sampling, as ``lmadda train-source`` does.
+def prepare_request(args: Any) -> TrainRequest:
+    """Resolve ``args`` (a :class:`TrainSourceArgs`) as ``lmadda train-source`` does.
 
     Raises
     ------
-    LmaddaError
-        A folder holds no pairs, the patch is larger than every image, options conflict.
+    ConfigError
+        Options that do not fit together (one line).
     """
-    from ..adapt.sampling import check_patch_fits
-    from ..cli.train_source import split_by_file
-    from ..data.datasets import PairedFolders, PatchSampler
+    from ..devices import resolve_device
     from ..models.unet import UNetConfig
-    from ..training.source import TARGET_RANGE
-    from .worker import TrainData
+    from ..options import validate
+    from ..training import SourceTrainConfig, size_preset
 
-    if not request.targets:
-        raise ConfigError("choose at least one folder of target images (one per stain)")
-    names = [n.strip() for n in request.channel_names if n.strip()] or [
-        Path(t).name for t in request.targets]
-    if len(names) != len(request.targets):
-        raise ConfigError(f"{len(names)} channel name(s) for {len(request.targets)} target "
-                          "folder(s)")
-    cfg = request.config
-    arch = UNetConfig(in_channels=1, out_channels=len(names), **request.arch)
-    if cfg.patch_size % 2**arch.num_downs:
-        raise ConfigError(f"patch {cfg.patch_size} px must be a multiple of "
-                          f"{2**arch.num_downs} for a UNet with {arch.num_downs} down blocks")
-    pairs = PairedFolders(request.inputs, request.targets, target_normalize="fixed",
-                          target_range=TARGET_RANGE, on_unmatched="ignore")
-    check_patch_fits(pairs, cfg.patch_size, "input")
-    train, val, val_files = split_by_file(pairs, request.val_fraction, cfg.seed)
-    if val is None:
-        val = train
-    sampler = PatchSampler(train, cfg.patch_size, cfg.batch_size, seed=cfg.seed, augment=True)
-    vx, vy = PatchSampler(val, cfg.patch_size, max(1, request.val_patches),
-                          seed=cfg.seed + 1).sample()
-    skipped = tuple(f"{Path(p).name}: {why}" for p, why in getattr(pairs, "skipped", []))
-    unmatched = getattr(pairs, "unmatched", {}) or {}
-    meta: dict[str, Any] = {
-        "channel_names": names,
-        "input_percentiles": list(pairs.inputs.percentiles),
-        "target_range": list(TARGET_RANGE),
-        "provenance": {
-            "inputs": str(request.inputs),
-            "targets": [str(t) for t in request.targets],
-            "n_pairs": len(pairs),
-            "val_files": val_files,
-            "trained_in": "napari-lmadda dock",
-        },
-    }
-    summary = TrainData(len(train), len(val), tuple(val_files), tuple(names),
-                        skipped + tuple(f"{n}: no partner" for n in
-                                        unmatched.get("inputs", [])[:3]))
-    return PreparedTraining(sampler, (vx, vy), arch, meta, summary)
+    validate(args)
+    names = ([s.strip() for s in args.channel_names.split(",") if s.strip()]
+             if args.channel_names else [Path(t).name for t in args.targets])
+    if len(names) != len(args.targets):
+        raise ConfigError(f"{len(names)} stain name(s) ({', '.join(names)}) for "
+                          f"{len(args.targets)} stain folder(s)")
+    if args.target_range is not None and args.target_norm != "fixed":
+        raise ConfigError("a target range applies to the 'fixed' target normalisation only")
+    device = str(resolve_device(args.device))
+    size, preset = size_preset(args.size, device)
+    given = {k: getattr(args, k) for k in ("num_downs", "ngf", "patch", "batch")}
+    num_downs = given["num_downs"] if given["num_downs"] is not None else preset["num_downs"]
+    ngf = given["ngf"] if given["ngf"] is not None else preset["ngf"]
+    patch = given["patch"] if given["patch"] is not None else preset["patch"]
+    batch = given["batch"] if given["batch"] is not None else preset["batch"]
+    if patch % 2**num_downs:
+        raise ConfigError(f"patch {patch} px must be a multiple of {2**num_downs} (2 to the "
+                          f"power of the depth, {num_downs})")
+    arch = UNetConfig(in_channels=1, out_channels=len(names), num_downs=num_downs, ngf=ngf,
+                      norm=args.norm)
+    eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 20)
+    config = SourceTrainConfig(
+        steps=args.steps, batch_size=batch, patch_size=patch, lr=args.lr,
+        lambda_gan=args.lambda_gan, eval_every=eval_every, seed=args.seed, device=args.device,
+        augment=args.augment, target_norm=args.target_norm,
+        target_percentiles=tuple(args.target_percentiles))
+    kept = (num_downs, ngf, patch, batch) == (preset["num_downs"], preset["ngf"],
+                                              preset["patch"], preset["batch"])
+    return TrainRequest(args, names, arch, config, size,
+                        preset.get("seconds_per_1000") if kept and device == "cpu" else None)
+
+
+def read_training_data(request: TrainRequest) -> Any:
+    """Read the paired folders (call it in the worker); also fills ``request.hints``.
+
+    Returns
+    -------
+    TrainingData
+        See :func:`napari_lmadda.training.prepare_training`.
+    """
+    from ..training import prepare_training
+
+    args = request.args
+    data = prepare_training(
+        args.inputs, args.targets, channel_names=request.names,
+        target_range=tuple(args.target_range) if args.target_range else None,
+        val_fraction=args.val_fraction, val_patches=args.val_patches, config=request.config)
+    data.meta = {**data.meta, "provenance": {**data.meta.get("provenance", {}),
+                                             "size": request.size,
+                                             "trained_in": "napari-lmadda dock"}}
+    if data.target_problems:
+        worst = max(data.target_problems, key=lambda p: p.outside)
+        request.hints.append(
+            f"targets outside what the model can produce, e.g. '{worst.name}' "
+            f"({100 * worst.outside:.0f} % of its pixels): use the 'dataset' target "
+            "normalisation")
+    return data

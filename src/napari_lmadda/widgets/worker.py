@@ -124,13 +124,18 @@ class TrustDone:
 
 @dataclass(frozen=True)
 class TrainData:
-    """What source training found in the folders, before its first step."""
+    """What source training found in the folders, before its first step.
+
+    ``warnings`` names the targets the model cannot produce and the constant or saturated
+    inputs (one line each); ``encoding`` says how the targets are encoded.
+    """
 
     n_train: int
     n_val: int
     val_files: tuple[str, ...]
     channel_names: tuple[str, ...]
-    skipped: tuple[str, ...] = ()
+    encoding: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -144,6 +149,7 @@ class TrainDone:
     reason: str
     steps_done: int
     seconds: float
+    not_learning: str = ""
 
 
 @dataclass(frozen=True)
@@ -450,22 +456,30 @@ def train_messages(
 
     Yields
     ------
-    TrainData, Started, Step, Evaluated, then TrainDone or RunFailed
+    TrainData, Started, TimeEstimate, Step, Evaluated, NotLearning, then TrainDone or
+    RunFailed
     """
     device = request.config.device
     t0 = time.perf_counter()
     try:
         from ..models.checkpoint import save_model
         from ..training.source import TrainResult, iter_train_source
-        from .training_data import prepare_training
+        from .training_data import read_training_data
 
         device = _resolved(device)
-        prepared = prepare_training(request)
-        yield prepared.summary
+        data = read_training_data(request)
+        tn = data.target_norm
+        units = "normalised units" if tn.units == "normalised" else "the targets' units"
+        encoding = (f"targets encoded '{tn.mode}' ("
+                    + ", ".join(f"{n} {lo:g}..{hi:g}"
+                                for n, lo, hi in zip(data.channel_names, tn.lo, tn.hi))
+                    + f"); predictions in {units}")
+        yield TrainData(data.n_train, data.n_val, tuple(data.val_files),
+                        tuple(data.channel_names), encoding, tuple(data.warnings()))
         result = None
-        for ev in iter_train_source(prepared.sampler, prepared.val, arch=prepared.arch,
-                                    config=request.config, meta=prepared.meta,
-                                    out=request.out, cancel=cancel):
+        for ev in iter_train_source(data.sampler, data.val, arch=request.arch,
+                                    config=request.config, meta=data.meta, out=request.out,
+                                    cancel=cancel, hints=request.hints):
             if isinstance(ev, TrainResult):
                 result = ev
             else:
@@ -473,12 +487,13 @@ def train_messages(
         assert result is not None
         result.model.to("cpu")
         path = None
-        if result.best_step > 0 and request.out is not None:
+        if result.best_step > 0:
             path = str(save_model(result.model, request.out) or request.out)
         steps = result.history[-1]["step"] if result.history else 0
         yield TrainDone(result.model if result.best_step > 0 else None, path,
                         float(result.best_pearson), int(result.best_step),
-                        result.reason.value, int(steps), time.perf_counter() - t0)
+                        result.reason.value, int(steps), time.perf_counter() - t0,
+                        result.not_learning.message() if result.not_learning else "")
     except LmaddaError as exc:
         yield RunFailed(str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug must not leave the GUI stuck
