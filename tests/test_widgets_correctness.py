@@ -170,3 +170,31 @@ def test_new_model_clears_the_old_run_status(dock, tiny_model_path, qtbot):
     assert d.model.load(str(tiny_model_path))
     assert old not in d.adapt.status.text()
     assert d.adapt.progress.value() <= 0 and not d.adapt.plot.steps
+
+
+def test_outcome_words():
+    from types import SimpleNamespace
+
+    from napari_lmadda.adapt.events import StopReason
+    from napari_lmadda.widgets.adapt_step import outcome_text
+
+    def result(reason, best, message="", method="lmadda"):
+        return SimpleNamespace(method=method, best_step=best, reason=reason, steps_done=120,
+                               message=message, criterion="gap")
+
+    earlier = SimpleNamespace(tag="lmadda L10", run=1)
+    text = outcome_text(result(StopReason.COMPLETED, 0), earlier)
+    assert text.startswith("No adaptation needed: in 120 steps nothing better than the "
+                           "unadapted model was found")
+    assert text.endswith("the earlier result [lmadda L10] (run 1) is kept")
+    assert "nothing better" in outcome_text(result(StopReason.CANCELLED, 0), None)
+    assert outcome_text(result(StopReason.CANCELLED, 0), None).endswith(
+        "the unadapted model stays in use")
+    # a method that words it itself (the auto method) keeps its words
+    own = "no adaptation needed: the new images look like the source images to the model"
+    text = outcome_text(result(StopReason.COMPLETED, 0, own, method="auto"), earlier)
+    assert text.startswith("No adaptation needed: the new images look like")
+    assert "nothing changed" in text
+    # a run that kept a trained state says what it kept
+    assert outcome_text(result(StopReason.CANCELLED, 40), earlier) == \
+        "Stopped after 120 steps; kept the state of step 40"

@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 _RED = "#e06c6c"
+#: the method chosen when the dock opens: the first of these the registry has
+DEFAULT_METHODS = ("auto", "lmadda")
 
 
 def method_label(method: str) -> str:
@@ -125,6 +127,9 @@ def outcome_text(result: Any, earlier: AdaptedModel | None) -> str:
     if unchanged(r):
         kept = (f"the earlier result [{earlier.tag}] (run {earlier.run}) is kept"
                 if earlier is not None else "the unadapted model stays in use")
+        own = (r.message or "").strip()
+        if "no adaptation" in own.lower():  # the method's own words (the auto method's)
+            return f"{own[0].upper()}{own[1:]}; nothing changed; {kept}"
         if r.reason == StopReason.CANCELLED:
             return (f"Stopped after {r.steps_done} steps with nothing better than the "
                     f"unadapted model found yet: nothing changed; {kept}")
@@ -175,7 +180,11 @@ class AdaptStep(QWidget):
             self.method_combo.addItem(method_label(key), key)
             self.method_combo.setItemData(self.method_combo.count() - 1,
                                           METHODS[key].summary, Qt.ItemDataRole.ToolTipRole)
-        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData("lmadda")))
+        # the automatic method when the registry has it (it may answer "no adaptation
+        # needed"), else LM-ADDA
+        default = next((m for m in DEFAULT_METHODS if self.method_combo.findData(m) >= 0),
+                       None)
+        self.method_combo.setCurrentIndex(max(0, self.method_combo.findData(default)))
         self.method_combo.currentIndexChanged.connect(self._on_method)
         self._method_tip()
 
