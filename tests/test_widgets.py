@@ -299,3 +299,18 @@ def test_export_to_bioimageio_from_the_results(dock, tiny_model_path, qtbot, tmp
     before = package.read_bytes()
     assert not d.results.export_bioimageio(package)  # never over an existing file
     assert "already exists" in d.message.text() and package.read_bytes() == before
+
+
+def test_a_long_message_folds_and_unfolds(dock):
+    from napari_lmadda.widgets.messages import SHORT, notify
+
+    viewer, d = dock
+    long = "the model is not learning: " + "a likely cause; " * 30
+    notify(d.state, "warning", long, toast=False)
+    bar = d.message
+    assert bar.text() == long and bar.more.isVisibleTo(bar)
+    assert len(bar.label.text()) < len(long) and "…" in bar.label.text()
+    bar.more.setChecked(True)
+    assert "a likely cause; " * 29 in bar.label.text()
+    notify(d.state, "info", "short", toast=False)
+    assert not bar.more.isVisibleTo(bar) and len("short") < SHORT

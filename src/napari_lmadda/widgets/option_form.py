@@ -154,6 +154,10 @@ class OptionForm(QWidget):
             self.fields[name] = field
         for c in range(columns):
             grid.setColumnStretch(2 * c + 1, 1)
+        # napari's style gives every spin box 70 px of text room: two columns of options
+        # would not fit a laptop's dock
+        self.setStyleSheet("QAbstractSpinBox { min-width: 30px; padding: 1px 4px; } "
+                           "QComboBox { min-width: 40px; }")
 
     def value(self, name: str) -> Any:
         """The value of one option."""
