@@ -88,6 +88,14 @@ def test_a_change_of_units_does_not_change_what_is_learned(paired, tmp_path, cap
     lo, hi = np.percentile(stain, [5, 95])
     assert OFFSET - 5000 < lo and hi < FULL + 5000  # in the target's units, not [0, 1]
     assert np.corrcoef(stain.ravel(), truth.ravel())[0, 1] > 0.5
+    # and the prediction path returns the same target units, for either model file
+    from napari_lmadda.inference.predict import predict_image
+
+    pred = predict_image(mu, x, device="cpu")[0]
+    assert np.percentile(pred, 5) > OFFSET - 5000 and np.percentile(pred, 95) < FULL + 5000
+    assert np.corrcoef(pred.ravel(), truth.ravel())[0, 1] > 0.5
+    pred_f = predict_image(mf, x, device="cpu")[0]  # the float model: [0, 1] units
+    assert -0.2 < np.percentile(pred_f, 5) and np.percentile(pred_f, 95) < 1.2
 
 
 def test_targets_the_model_cannot_produce_are_named_before_training(paired, tmp_path, capsys):

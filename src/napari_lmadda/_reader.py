@@ -74,6 +74,7 @@ def _image_folders(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def _layers_of(folder: Path, name: str) -> tuple[list[LayerData], list[str], str]:
     from .data.groups import read_image_groups
+    from .data.io import read_pixel_size
     from .widgets.stain_layers import stain_colormap
 
     groups, skipped = read_image_groups(folder)
@@ -84,6 +85,9 @@ def _layers_of(folder: Path, name: str) -> tuple[list[LayerData], list[str], str
         layer_name = name if len(groups) == 1 else f"{name} {h}x{w}"
         meta = {"lmadda": {"folder": str(folder), "files": group.files}}
         kwargs: dict[str, Any] = {"name": layer_name, "metadata": meta}
+        px = read_pixel_size(folder / group.files[0])  # the calibration, kept on export
+        if px is not None:
+            kwargs.update(scale=(1.0, px["y"], px["x"]), units=("pixel", px["unit"], px["unit"]))
         if stain:  # ground truth written next to the inputs: coloured, off until wanted
             kwargs.update(colormap=stain_colormap(folder.name, i), blending="additive",
                           visible=False)

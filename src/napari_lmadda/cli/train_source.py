@@ -123,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapt.events import Evaluated, Started, Step, StopReason
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..models.checkpoint import save_model
-    from ..models.unet import UNetConfig
+    from ..models.checkpoint import save_model, validate_architecture
     from ..training import (
         NotLearning,
         SourceTrainConfig,
@@ -161,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     ngf = args.ngf if args.ngf is not None else preset["ngf"]
     patch = args.patch if args.patch is not None else preset["patch"]
     batch = args.batch if args.batch is not None else preset["batch"]
-    arch = UNetConfig(in_channels=1, out_channels=len(names), num_downs=num_downs,
-                      ngf=ngf, norm=args.norm)
+    arch = validate_architecture(  # before reading data: types, ranges and memory
+        dict(in_channels=1, out_channels=len(names), num_downs=num_downs, ngf=ngf,
+             norm=args.norm), training=True)
     eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 20)
     cfg = SourceTrainConfig(steps=args.steps, batch_size=batch, patch_size=patch,
                             lr=args.lr, lambda_gan=args.lambda_gan, eval_every=eval_every,

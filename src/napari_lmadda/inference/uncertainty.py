@@ -270,7 +270,8 @@ def trust_map(
     normalize : bool
         Apply the model's percentile normalisation first.
     to_stain : bool
-        Express the spread in stain units (``meta['target_range']``), else network units.
+        Express the spread in each channel's stain units (the model's
+        :class:`~napari_lmadda.data.normalize.TargetNorm`), else network units.
 
     Returns
     -------
@@ -292,8 +293,13 @@ def trust_map(
         std = predict_image(wrapped, image2d, tile=tile, overlap=overlap, batch_size=batch_size,
                             normalize=normalize, to_stain=False)
     if to_stain:
-        lo, hi = wrapped.meta.get("target_range", (0.0, 1.0))
-        std = std * np.float32(0.5 * (hi - lo))
+        from ..data.normalize import TargetNorm
+
+        # TargetNorm.decode is affine per channel: a spread of s network units is
+        # s * (hi - lo) / 2 units of that channel (its target units, or normalised ones)
+        norm = TargetNorm.from_meta(wrapped.meta, std.shape[0])
+        half = 0.5 * np.abs(np.asarray(norm.hi, np.float64) - np.asarray(norm.lo, np.float64))
+        std = (std * half[:, None, None]).astype(np.float32)
     return np.maximum(std, 0).astype(np.float32)
 
 

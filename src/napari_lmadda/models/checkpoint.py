@@ -12,12 +12,22 @@ Layout::
      "meta": {"channel_names": [...], "input_percentiles": [lo, hi],
               "target_range": [lo, hi], "provenance": {...}}}
 
-An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
-made by SCGAN) is written as format version 2: ``"arch"`` stays the source UNet's, a
-``"translator"`` record holds the translator's architecture, and the state dict holds
-both networks (``translator.*`` and ``unet.*`` keys). Plain models are still written as
-version 1, so older versions keep reading them; an older version refuses a version-2 file
-with its "written by a newer napari-lmadda" message instead of mis-loading it.
+Format versions (a file is written with the lowest version that can describe it, so older
+readers keep reading what they can, and refuse the rest with their "written by a newer
+napari-lmadda" message instead of mis-loading it):
+
+1. A plain UNet whose outputs map to one ``target_range: [lo, hi]`` for every channel.
+2. An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
+   made by SCGAN): ``"arch"`` stays the source UNet's, a ``"translator"`` record holds the
+   translator's architecture, and the state dict holds both networks (``translator.*`` and
+   ``unet.*`` keys).
+3. A model whose targets were normalised per output channel
+   (:class:`~napari_lmadda.data.normalize.TargetNorm`): ``target_range`` is a list of one
+   ``[lo, hi]`` per channel and ``target_norm`` says how they were chosen and whether
+   decoded predictions are in the targets' units or per-image normalised units. A version-2
+   reader would refuse the per-channel ranges as damaged, or, worse, ignore
+   ``target_norm: {"units": "normalised"}`` and present normalised values as stain units;
+   hence a new version. A ``"translator"`` record may appear in version 3 too.
 """
 
 from __future__ import annotations
@@ -34,14 +44,17 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data.normalize import DEFAULT_PERCENTILES
+from ..data.normalize import DEFAULT_PERCENTILES, TargetNorm
 from ..errors import CheckpointError, ConfigError, LmaddaError
+from ..memory import fmt_bytes, memory_budget
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
 from .translated import TranslatedModel, Translator, TranslatorConfig
-from .unet import UNetConfig, UNetGenerator
+from .unet import NORMS, UNetConfig, UNetGenerator
 
 __all__ = [
     "FORMAT",
+    "validate_architecture",
+    "file_version",
     "DEFAULT_META",
     "save_model",
     "load_model",
@@ -50,14 +63,89 @@ __all__ = [
 ]
 
 FORMAT = "napari-lmadda-model"
-FORMAT_VERSION = 2  # the newest version read; plain models are still written as 1
+FORMAT_VERSION = 3  # the newest version read; each file is written with the lowest that fits
 _TRANSLATED_VERSION = 2
+_TARGET_NORM_VERSION = 3
 DEFAULT_META: dict[str, Any] = {
     "channel_names": None,  # e.g. ["DAPI", "CD29"]; None -> "channel 0", ...
     "input_percentiles": list(DEFAULT_PERCENTILES),
     "target_range": [0.0, 1.0],  # tanh output [-1, 1] maps to this range
     "provenance": {},
 }
+
+
+# (type, low, high) of every UNetConfig field: a model file is data, checked before use
+_INT_FIELDS = {"in_channels": (1, 64), "out_channels": (1, 64), "num_downs": (2, 12),
+               "ngf": (1, 4096)}
+#: Bytes per parameter while training: weights, gradients and Adam's two moments (float32).
+_TRAIN_BYTES_PER_PARAM = 16
+
+
+def validate_architecture(
+    arch: Mapping[str, Any], *, path: Any = None, training: bool = False
+) -> UNetConfig:
+    """Check every architecture field (type and range) and the model's size against memory.
+
+    Used when a model file is read and by ``train-source`` before a network is built, so a
+    crafted or mistyped architecture (``ngf`` 1e9, ``"4"``, 4.5) is one line, never an
+    overflow, a TypeError or gigabytes allocated.
+
+    Parameters
+    ----------
+    arch : mapping
+        :class:`UNetConfig` fields (unknown keys are ignored; missing ones take defaults).
+    path : path-like, optional
+        The model file, named in the message (errors are then :class:`CheckpointError`).
+    training : bool
+        Count the memory of training (weights, gradients, optimiser state), not only of
+        the weights.
+
+    Returns
+    -------
+    UNetConfig
+        The architecture.
+
+    Raises
+    ------
+    ConfigError
+        A field of the wrong type or out of range, or a model larger than the memory budget
+        (:class:`CheckpointError` when ``path`` is given).
+    """
+    def fail(msg: str) -> LmaddaError:
+        if path is None:
+            return ConfigError(msg)
+        return CheckpointError(f"'{path}' declares an impossible architecture: {msg}")
+
+    if not isinstance(arch, Mapping):
+        raise fail(f"expected a mapping of architecture fields, got {type(arch).__name__}")
+    for name, (lo, hi) in _INT_FIELDS.items():
+        if name not in arch:
+            continue
+        v = arch[name]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise fail(f"{name} must be a whole number in {lo}..{hi}, got {v!r}")
+    if "norm" in arch and arch["norm"] not in NORMS:
+        raise fail(f"norm must be one of {', '.join(NORMS)}, got {arch['norm']!r}")
+    if "use_dropout" in arch and not isinstance(arch["use_dropout"], bool):
+        raise fail(f"use_dropout must be true or false, got {arch['use_dropout']!r}")
+    if "bias" in arch and arch["bias"] is not None and not isinstance(arch["bias"], bool):
+        raise fail(f"bias must be true, false or None, got {arch['bias']!r}")
+    try:
+        cfg = UNetConfig.from_dict(dict(arch))
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            n_params = sum(p.numel() for p in UNetGenerator(cfg).parameters())
+    except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
+        raise fail(_one_line(exc)) from None
+    per_param = _TRAIN_BYTES_PER_PARAM if training else 4
+    need, budget = n_params * per_param, memory_budget()
+    if need > budget:
+        what = "training it needs" if training else "its weights need"
+        raise fail(
+            f"a UNet with {cfg.num_downs} down blocks and ngf {cfg.ngf} has {n_params:,} "
+            f"parameters; {what} {fmt_bytes(need)}, more than the {fmt_bytes(budget)} of "
+            "memory available (LMADDA_MEMORY_BUDGET)"
+        )
+    return cfg
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -140,17 +228,30 @@ def save_model(
         )
         for k, v in model.state_dict().items()
     }
+    try:  # a file this project writes is one it can read back
+        TargetNorm.from_meta(m, model.config.out_channels)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot save '{path}': {exc}") from None
     payload = {
         "format": FORMAT,
-        "format_version": 1,
+        "format_version": file_version(m, isinstance(model, TranslatedModel)),
         "arch": model.config.to_dict(),
         "state_dict": sd,
         "meta": _plain(m),
     }
     if isinstance(model, TranslatedModel):
-        payload["format_version"] = _TRANSLATED_VERSION
         payload["translator"] = model.translator.config.to_dict()
     return atomic_torch_save(payload, path)
+
+
+def file_version(meta: Mapping[str, Any], translated: bool = False) -> int:
+    """The lowest format version that describes a model with this metadata (module docs)."""
+    rng = meta.get("target_range")
+    per_channel = (isinstance(rng, list | tuple) and len(rng) > 0
+                   and isinstance(rng[0], list | tuple))
+    if per_channel or meta.get("target_norm") is not None:
+        return _TARGET_NORM_VERSION
+    return _TRANSLATED_VERSION if translated else 1
 
 
 def _plain(obj: Any) -> Any:
@@ -219,6 +320,35 @@ def _refused(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
+#: A genuine model's pickle (names, shapes, metadata) is kilobytes; its weights are separate
+#: zip entries. A larger pickle is a decompression bomb for the unpickler.
+MAX_PICKLE_BYTES = 64 * 2**20
+
+
+def _check_zip_sizes(path: Path, size: int, entries: list[zipfile.ZipInfo]) -> None:
+    """Refuse a zip whose entries would inflate beyond memory, from its zip directory alone.
+
+    ``torch.load`` inflates every entry in memory (the pickle first); the sizes the zip
+    directory declares are what it will allocate.
+    """
+    total = sum(int(e.file_size) for e in entries)
+    pickle_size = max((int(e.file_size) for e in entries if e.filename.endswith("data.pkl")),
+                      default=0)
+    budget = memory_budget()
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"refused to load '{path}': its pickle inflates to {fmt_bytes(pickle_size)} "
+            f"(from a {fmt_bytes(size)} file); a model's pickle is a few kB, its weights are "
+            "stored beside it"
+        )
+    if total > budget:
+        raise CheckpointError(
+            f"refused to load '{path}': its zip entries inflate to {fmt_bytes(total)} (from a "
+            f"{fmt_bytes(size)} file), more than the {fmt_bytes(budget)} of memory a model may "
+            "use here (LMADDA_MEMORY_BUDGET)"
+        )
+
+
 def _torch_load(path: Path) -> Any:
     """Run ``torch.load(weights_only=True)`` with one-line errors saying what the file is."""
     if not path.exists():
@@ -236,7 +366,8 @@ def _torch_load(path: Path) -> Any:
     if head.startswith(_ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
+                entries = zf.infolist()
+                names = [e.filename for e in entries]
         except Exception:  # BadZipFile, EOFError, NotImplementedError (odd versions), ...
             raise CheckpointError(
                 f"'{path}' is a truncated or damaged PyTorch file ({size} bytes; its zip "
@@ -247,6 +378,12 @@ def _torch_load(path: Path) -> Any:
                 f"'{path}' is a zip archive but not a PyTorch model file (no data.pkl among "
                 f"its {len(names)} entries)"
             )
+        _check_zip_sizes(path, size, entries)
+    elif size > memory_budget():
+        raise CheckpointError(
+            f"'{path}' is {fmt_bytes(size)}, more than the {fmt_bytes(memory_budget())} of "
+            "memory a model may use here (LMADDA_MEMORY_BUDGET)"
+        )
     elif not head.startswith(_LEGACY_MAGIC):
         if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             raise CheckpointError(
@@ -309,10 +446,10 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
                 f"{obj.get('format_version')}); this version reads up to {FORMAT_VERSION}"
             )
         try:
-            cfg = UNetConfig.from_dict(dict(obj["arch"]))
+            cfg = validate_architecture(obj["arch"], path=path)
             sd = dict(obj["state_dict"])
             meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
-            if version >= _TRANSLATED_VERSION:
+            if version == _TRANSLATED_VERSION or "translator" in obj:
                 tcfg = TranslatorConfig.from_dict(dict(obj["translator"]))
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise CheckpointError(
@@ -348,11 +485,22 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
         )
     _check_meta(meta, cfg, path)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    bad = next((k for k, v in sd.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"'{path}' holds non-finite weights (NaN or Inf), e.g. in '{bad}': every "
+            "prediction would be NaN"
+        )
     return cfg, sd, meta, tcfg
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, eval_mode: bool = True
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    eval_mode: bool = True,
+    grey_only: bool = True,
 ) -> UNetGenerator:
     """Load a ready-to-use model from a napari-lmadda or pix2pix file.
 
@@ -364,6 +512,9 @@ def load_model(
         Where to put it (``"auto"`` allowed).
     eval_mode : bool
         Put the model in eval mode (BatchNorm uses running statistics, no dropout).
+    grey_only : bool
+        Refuse a model for several input channels: the project feeds one grey plane at a
+        time (the napari reader, the CLI and the library refuse it alike, when loading).
 
     Returns
     -------
@@ -388,6 +539,12 @@ def load_model(
     if is_bioimageio_package(path):  # a bioimage.io zip: read as data, no package code runs
         return load_bioimageio(path, device, eval_mode=eval_mode)
     cfg, sd, meta, tcfg = _read(path)
+    if grey_only and cfg.in_channels != 1:
+        raise CheckpointError(
+            f"'{path}' is a model for {cfg.in_channels} input channels; napari-lmadda feeds "
+            "it one grey plane at a time, so only single-channel (grey-input) models can "
+            "be used"
+        )
     _check_fits(cfg, sd, path, tcfg)  # before allocating: a file may declare a huge network
     model = _build(cfg, tcfg)
     model.load_state_dict(sd, strict=True)
@@ -474,12 +631,14 @@ def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
             f"'{path}' has invalid input percentiles {meta.get('input_percentiles')!r} "
             "(expected two numbers 0 <= low < high <= 100)"
         )
-    rng = _pair(meta.get("target_range"))
-    if rng is None or rng[0] == rng[1]:
+    try:
+        TargetNorm.from_meta(meta, cfg.out_channels)
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(
-            f"'{path}' has an invalid target range {meta.get('target_range')!r} "
-            "(expected two different numbers)"
-        )
+            f"'{path}' has an invalid target range or normalisation "
+            f"{meta.get('target_range')!r} ({_one_line(exc)}; expected two different numbers, "
+            f"or one such [lo, hi] for each of the {cfg.out_channels} output channel(s))"
+        ) from None
     names = meta.get("channel_names")
     if names is not None and (
         not isinstance(names, list | tuple)
@@ -491,4 +650,4 @@ def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
         )
     if not isinstance(meta.get("provenance"), dict):
         meta["provenance"] = {}
-    meta["input_percentiles"], meta["target_range"] = list(pct), list(rng)
+    meta["input_percentiles"] = list(pct)

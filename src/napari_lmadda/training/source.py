@@ -268,7 +268,11 @@ def iter_train_source(
     cfg = config or SourceTrainConfig()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    G = (model if model is not None else UNetGenerator(arch or UNetConfig())).to(device)
+    if model is None:  # types, ranges and memory checked before anything is allocated
+        from ..models.checkpoint import validate_architecture
+
+        arch = validate_architecture((arch or UNetConfig()).to_dict(), training=True)
+    G = (model if model is not None else UNetGenerator(arch)).to(device)
     G.meta = {**getattr(G, "meta", {}), **(meta or {})}
     if cfg.patch_size % G.min_size:
         raise ConfigError(f"patch size {cfg.patch_size} must be a multiple of {G.min_size}")
