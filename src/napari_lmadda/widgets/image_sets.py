@@ -165,6 +165,7 @@ def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
 
     def from_folder() -> list[ImageSet]:
         from ..data.groups import read_image_groups
+        from ..data.io import read_pixel_size
 
         groups, _ = read_image_groups(folder)
         base = Path(folder).name or folder
@@ -172,9 +173,11 @@ def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
         for g in groups:
             size = f"{g.shape[0]}x{g.shape[1]}"
             one = len(groups) == 1
+            px = read_pixel_size(Path(folder) / g.files[0])  # stains keep the calibration
+            kwargs = {"scale": (1.0, px["y"], px["x"])} if px is not None else {}
             out.append(ImageSet(base if one else f"{base} {size}", g.stack,
                                 f"folder:{folder}" if one else f"folder:{folder}:{size}",
-                                folder=folder, files=list(g.files)))
+                                kwargs, folder=folder, files=list(g.files)))
         return out
 
     return from_folder

@@ -110,11 +110,13 @@ def _plane_kwargs(iset: Any, ndim: int) -> dict[str, Any]:
 def input_spec(iset: Any) -> LayerSpec:
     """The layer of new-microscope images read from a folder (its own layer, never a user's)."""
     data = iset.stack
+    kw = _plane_kwargs(iset, data.ndim)
     return LayerSpec(
         key=("input", iset.key), names=(f"{iset.name} (new microscope)",), data=data,
         colormap="gray", contrast_limits=_limits(data), blending="translucent",
         metadata={"lmadda": {"kind": "input", "folder": iset.folder, "files": iset.files,
-                             "input": iset.name}})
+                             "input": iset.name}},
+        scale=kw.get("scale"), translate=kw.get("translate"))
 
 
 def _input_meta(iset: Any) -> dict[str, Any]:
