@@ -20,6 +20,15 @@ Two tasks on the public data in ``../shared/data`` (see its README for licenses)
     score is Pearson of DNA on the same 16 slices (transductive: the labels are never used,
     but the test images are the adaptation images).
 
+``cases`` (issue 13 item 3, issue 11)
+    The real cases of ``benchmarks/real_cases.py``: EM ISBI -> VNC, Allen TL -> DNA and BPAE
+    actin -> nuclei with applied shifts, written as uint16 folders with disjoint adaptation,
+    oracle and test images. ``train-case`` trains a data set's source model from its folders
+    exactly as ``lmadda train-source`` does (learned target normalisation, an augmentation
+    preset), ``oracle-case`` the same recipe on a case's labelled oracle images (scored on its
+    test images); the adaptation rows come from ``benchmarks/augment.py work`` with cases
+    named ``real:<case>``.
+
 Every adapted model is scored at the state the engine kept *without labels*; the labelled
 monitor (a few test images, logged at every evaluation and never used for selection) shows
 how much checkpoints swing.
@@ -29,6 +38,8 @@ how much checkpoints swing.
     python benchmarks/real_data.py run --task em --seeds 0,1,2 --layers 2,4,6,8,10
     python benchmarks/real_data.py run --task allen --shift defocus --layers 4,8
     python benchmarks/real_data.py report                     # tables + plots
+    python benchmarks/real_data.py train-case --dataset bpae --augment robust
+    python benchmarks/real_data.py oracle-case --case bpae_defocus
 
 Results append to ``benchmarks/results/real/runs.jsonl`` (runs already there are skipped, so
 an interrupted benchmark resumes). When the data folder is absent every command prints why
@@ -179,23 +190,24 @@ def score(model, images: list[np.ndarray], truths: list[np.ndarray], task: str) 
 def cmd_train(args: argparse.Namespace, data: Path) -> None:
     """Train the small source model of a task on its labelled source images."""
     from napari_lmadda.data.datasets import PairedArrays, PatchSampler
-    from napari_lmadda.data.normalize import percentile_normalize
+    from napari_lmadda.data.normalize import encode_target, fit_target_norm, percentile_normalize
     from napari_lmadda.models import UNetConfig, save_model
     from napari_lmadda.training import SourceTrainConfig, train_source
-    from napari_lmadda.training.source import TARGET_RANGE
+    from napari_lmadda.training.data import target_meta
 
     d = load_task(data, args.task, None)
     n_val = 4
     x, y = d["src_images"][:-n_val], d["src_labels"][:-n_val]
     patch = 128 if args.task == "em" else 64
-    sampler = PatchSampler(PairedArrays(x, np.stack(y), target_range=TARGET_RANGE), patch, 8,
+    # the target encoding is learned from the training labels (issue 11), as train-source does
+    tn, _ = fit_target_norm([y], seed=args.seed)
+    enc = np.stack([encode_target(t, tn) for t in y])
+    sampler = PatchSampler(PairedArrays(x, enc, target_normalize=None), patch, 8,
                            seed=args.seed, augment=True)
-    lo, hi = TARGET_RANGE
     vx = np.stack([percentile_normalize(im)[0] for im in d["src_images"][-n_val:]])[:, None]
-    vy = (np.stack(d["src_labels"][-n_val:])[:, None] - lo) / (hi - lo) * 2 - 1
+    vy = np.stack([encode_target(t, tn) for t in d["src_labels"][-n_val:]])[:, None]
     name = "membrane" if args.task == "em" else "DNA"
-    meta = {"channel_names": [name], "input_percentiles": (1.0, 99.8),
-            "target_range": TARGET_RANGE,
+    meta = {"channel_names": [name], "input_percentiles": (1.0, 99.8), **target_meta(tn),
             "provenance": {"benchmark": f"benchmarks/real_data.py train --task {args.task}"}}
     t0 = time.time()
     res = train_source(sampler, (vx, vy), arch=UNetConfig(**ARCH), meta=meta,
@@ -220,10 +232,10 @@ def cmd_train(args: argparse.Namespace, data: Path) -> None:
 def cmd_oracle(args: argparse.Namespace, data: Path) -> None:
     """EM ceiling: the same recipe trained on the *labelled* VNC adaptation columns."""
     from napari_lmadda.data.datasets import PairedArrays, PatchSampler
-    from napari_lmadda.data.normalize import percentile_normalize
+    from napari_lmadda.data.normalize import encode_target, fit_target_norm, percentile_normalize
     from napari_lmadda.models import UNetConfig
     from napari_lmadda.training import SourceTrainConfig, train_source
-    from napari_lmadda.training.source import TARGET_RANGE
+    from napari_lmadda.training.data import target_meta
 
     if args.task != "em":
         raise SystemExit("an oracle is only defined for the em task (the allen target half "
@@ -233,13 +245,13 @@ def cmd_oracle(args: argparse.Namespace, data: Path) -> None:
     masks = [(_read_png(p) > 0).astype(np.float32)[:, :SPLIT_X]
              for p in sorted((vnc / "membranes").glob("*.png"))]
     x, y = d["tgt_adapt"][:-2], masks[:-2]  # the last two sections validate
-    sampler = PatchSampler(PairedArrays(x, np.stack(y), target_range=TARGET_RANGE), 128, 8,
+    tn, _ = fit_target_norm([y], seed=args.seed)
+    sampler = PatchSampler(PairedArrays(x, np.stack([encode_target(t, tn) for t in y]),
+                                        target_normalize=None), 128, 8,
                            seed=args.seed, augment=True)
-    lo, hi = TARGET_RANGE
     vx = np.stack([percentile_normalize(im)[0][:512, :512] for im in d["tgt_adapt"][-2:]])
-    vy = (np.stack([m[:512, :512] for m in masks[-2:]]) - lo) / (hi - lo) * 2 - 1
-    meta = {"channel_names": ["membrane"], "input_percentiles": (1.0, 99.8),
-            "target_range": TARGET_RANGE}
+    vy = np.stack([encode_target(m[:512, :512], tn) for m in masks[-2:]])
+    meta = {"channel_names": ["membrane"], "input_percentiles": (1.0, 99.8), **target_meta(tn)}
     t0 = time.time()
     res = train_source(sampler, (vx[:, None], vy[:, None]), arch=UNetConfig(**ARCH), meta=meta,
                        config=SourceTrainConfig(steps=args.steps, eval_every=100,
@@ -496,6 +508,71 @@ def cmd_report(args: argparse.Namespace, data: Path | None = None) -> None:
     print(text)
 
 
+def _train_folders(inp: Path, tgt: Path, *, augment: str, steps: int, seed: int, patch: int,
+                   name: str, out: Path | None = None):
+    """``lmadda train-source``'s recipe on two folders (one thread): model and data."""
+    from napari_lmadda.models import UNetConfig
+    from napari_lmadda.training import SourceTrainConfig, prepare_training, train_source
+
+    data = prepare_training(inp, [tgt], channel_names=[name], augment=augment,
+                            patch_size=patch, batch_size=8, val_fraction=0.2, val_patches=32,
+                            seed=seed)
+    for line in data.warnings():
+        print(f"warning: {line}", flush=True)
+    cfg = SourceTrainConfig(steps=steps, patch_size=patch, eval_every=max(1, steps // 10),
+                            seed=seed, device="cpu")
+    return train_source(data.sampler, data.val, arch=UNetConfig(**ARCH), config=cfg,
+                        meta=data.meta, out=out), data
+
+
+def cmd_train_case(args: argparse.Namespace, data: Path) -> None:
+    """Source model of a real data set from its case folders (plain or augmented)."""
+    import real_cases  # noqa: PLC0415 - benchmarks/ is on sys.path
+    from napari_lmadda.models import save_model
+
+    case = args.dataset if args.dataset == "em" else f"{args.dataset}_exposure"
+    paths = real_cases.write_case(case, real_cases.OUT / "cases", data=data)
+    source = "plain" if args.augment == "basic" else args.augment
+    path = real_cases.source_model_path(case, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    res, d = _train_folders(paths.source_input, paths.source_target, augment=args.augment,
+                            steps=args.steps, seed=args.seed,
+                            patch=128 if args.dataset == "em" else 64,
+                            name="membrane" if args.dataset == "em" else "stain")
+    save_model(res.model, path)
+    info = {"dataset": args.dataset, "augment": args.augment, "steps": args.steps,
+            "best_step": res.best_step, "val_pearson": res.best_pearson,
+            "target_norm": d.target_norm.to_meta(), "seconds": time.time() - t0}
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"{args.dataset} {source}: {path} (val Pearson {res.best_pearson:.3f} at step "
+          f"{res.best_step}, {time.time() - t0:.0f} s)", flush=True)
+
+
+def cmd_oracle_case(args: argparse.Namespace, data: Path) -> None:
+    """The ceiling of a real case: the same recipe trained on its labelled oracle images."""
+    import real_cases  # noqa: PLC0415
+    from napari_lmadda.evaluation.sweep import pearson_per_channel
+    from napari_lmadda.models import save_model
+
+    paths = real_cases.write_case(args.case, real_cases.OUT / "cases", data=data)
+    em = args.case == "em"
+    t0 = time.time()
+    res, _ = _train_folders(paths.oracle_input, paths.oracle_target, augment="basic",
+                            steps=args.steps, seed=args.seed, patch=128 if em else 64,
+                            name="membrane" if em else "stain")
+    path = real_cases.oracle_model_path(args.case)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(res.model, path)
+    ev = real_cases.benchmark_case(args.case)["eval"]
+    scores = pearson_per_channel(res.model, ev)
+    doc = {"case": args.case, "pearson": scores, "steps": args.steps, "seed": args.seed,
+           "best_step": res.best_step, "val_pearson": res.best_pearson,
+           "seconds": time.time() - t0}
+    (real_cases.OUT / f"oracle_{args.case}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"oracle {args.case}: {scores} ({time.time() - t0:.0f} s)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -515,6 +592,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval-every", type=int, default=100)
     r.add_argument("--config", default="", help="JSON of AdaptConfig overrides")
     r.add_argument("--tag", default="")
+    tc = sub.add_parser("train-case", help="source model of a real case's data set")
+    tc.add_argument("--dataset", choices=("em", "allen", "bpae"), required=True)
+    tc.add_argument("--augment", choices=("none", "basic", "robust"), default="basic")
+    tc.add_argument("--steps", type=int, default=1500)
+    tc.add_argument("--seed", type=int, default=0)
+    oc = sub.add_parser("oracle-case", help="oracle of a real case (labelled new microscope)")
+    oc.add_argument("--case", required=True)
+    oc.add_argument("--steps", type=int, default=1500)
+    oc.add_argument("--seed", type=int, default=0)
+    for s_ in (tc, oc):
+        s_.add_argument("--data", default=str(DATA), help="the shared data folder")
+        s_.add_argument("--threads", type=int, default=1)
+        s_.add_argument("--out", default=str(OUT))
     rep = sub.add_parser("report", help="tables and plots from runs.jsonl")
     rep.add_argument("--tag", default="")
     rep.add_argument("--doc-dir", default=str(ROOT / "docs"))
@@ -530,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     data = Path(args.data)
+    if args.cmd in ("train-case", "oracle-case"):
+        torch.set_num_threads(args.threads)
+        {"train-case": cmd_train_case, "oracle-case": cmd_oracle_case}[args.cmd](args, data)
+        return 0
     if args.cmd != "report":
         why = data_missing(data, args.task)
         if why is not None:

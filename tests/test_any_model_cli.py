@@ -66,7 +66,7 @@ def test_train_list_adapt_predict_with_architecture_code(ws, capsys):
     assert "(enc.1)" in text and f"wrote {out}" in text
     # the adapted file: a reference to the code and the kept weights, no code
     saved = torch.load(out, weights_only=True)
-    assert saved["format_version"] == 3 and saved["arch"]["arch"]["class"] == "CareUNet"
+    assert saved["format_version"] == 4 and saved["arch"]["arch"]["class"] == "CareUNet"
     prov = saved["meta"]["provenance"]
     assert prov["layer_names"] == ["enc.1"] and prov["method"] == "lmadda"
     assert saved["meta"]["channel_names"] == ["DAPI", "CD29"]

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 
-import numpy as np
 import pytest
 import tifffile
 import torch
@@ -51,11 +50,17 @@ def test_train_source(ws, capsys):
     text = capsys.readouterr().out
     assert text.count("val Pearson") == 2  # one line per validation, not per step
     assert out.exists() and (ws / "trained_last.pt").exists()
-    model = load_model(out)
-    assert model.config.out_channels == 2 and model.num_downs == 5
-    assert model.meta["channel_names"] == ["DAPI", "CD29"]
-    assert model.meta["target_range"] == [-0.05, 1.05]
-    prov = model.meta["provenance"]
+    model = load_model(out)  # per-channel target ranges: format version 3 loads
+    assert model.config.out_channels == 2 and model.config.num_downs == 5
+    meta = model.meta
+    assert meta["channel_names"] == ["DAPI", "CD29"]
+    # targets encoded with percentiles learned per channel, stored for decoding
+    from napari_lmadda.data.normalize import TargetNorm
+
+    tn = TargetNorm.from_meta(meta, 2)
+    assert tn.mode == "dataset" and tn.units == "target"
+    assert all(-0.1 < lo < 0.1 < hi < 1.1 for lo, hi in zip(tn.lo, tn.hi))
+    prov = meta["provenance"]
     assert prov["training"]["best_step"] in (2, 4)
     assert len(prov["val_files"]) == 1  # one of four files held out
 
@@ -102,20 +107,15 @@ def test_adapt_predict_evaluate(ws, capsys, tmp_path):
     assert os.path.getmtime(pred / "field_000_pred.tif") == before
     assert main([*args, "--overwrite"]) == 0
 
-    # evaluate matches by file name and plane count: a truth file per prediction, holding
-    # the DAPI and CD29 planes
-    truth = tmp_path / "truth"
-    truth.mkdir()
-    for i in range(3):
-        t = np.stack([tifffile.imread(ws / f"tgt/{m}/field_{i:03d}.tif")
-                      for m in ("dapi", "cd29")])
-        tifffile.imwrite(truth / f"field_{i:03d}_pred.tif", t)
+    # evaluate pairs field_000_pred.tif with the truth field_000.tif of each marker's folder
+    # and scores the channel named like the folder, with no renaming
     capsys.readouterr()
-    rc = main(["evaluate", "--pred", str(pred), "--truth", str(truth),
-               "--json", str(tmp_path / "eval.json")])
-    assert rc == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
-    assert len(result["per_image"]["pearson"]) == 6  # 3 files x 2 channels
+    for marker, name in (("dapi", "DAPI"), ("cd29", "CD29")):
+        rc = main(["evaluate", "--pred", str(pred), "--truth", str(ws / "tgt" / marker),
+                   "--json", str(tmp_path / f"eval_{marker}.json")])
+        assert rc == 0
+        result = json.loads((tmp_path / f"eval_{marker}.json").read_text())
+        assert result["channel"] == name and len(result["per_image"]["pearson"]) == 3
 
 
 def test_predict_skips_an_unreadable_file_with_exit_code_1(ws, capsys, tmp_path):

@@ -201,7 +201,8 @@ def test_predict_folder_keeps_existing_outputs_unless_overwrite(tiny, tmp_path):
     assert not report.written and "already exists" in report.skipped[0][1]
     assert (out / "a_pred.tif").read_bytes() == b"an earlier result"
     report = predict_folder(model, images, out, tile=16, overwrite=True)
-    assert tifffile.imread(out / "a_pred.tif").shape == (1, 16, 16)
+    # an ImageJ hyperstack: one channel reads back as one (16, 16) plane
+    assert tifffile.imread(out / "a_pred.tif").shape == (16, 16)
 
 
 @pytest.mark.parametrize("command", ["train-source", "make-synthetic", "evaluate", "predict"])
@@ -239,12 +240,12 @@ def test_results_widget_save_never_overwrites_and_survives_a_full_disk(tiny, tmp
                                                                        monkeypatch):
     import napari.utils.notifications as notifications
 
-    from napari_lmadda.widgets.results import ResultsPanel
+    from napari_lmadda.widgets.results_step import ResultsStep
 
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
     model, _ = tiny
-    panel = ResultsPanel(make_napari_viewer())
+    panel = ResultsStep(make_napari_viewer())
     panel.state.adapted = SimpleNamespace(model=model, result=SimpleNamespace(provenance={}))
     target = tmp_path / "adapted.pt"
     target.write_bytes(b"an earlier model")

@@ -207,6 +207,35 @@ def test_model_file_refers_to_the_code_and_never_runs_it(tmp_path, monkeypatch):
         load_arch(f"{ZOO}:CareUNet", weights=tmp_path / "evil.pt")
 
 
+def test_code_files_are_format_4_with_per_channel_target_norm(tmp_path, monkeypatch):
+    """Version 4 = code reference + version 3's per-channel targets; no reader misreads it."""
+    import napari_lmadda.models.checkpoint as ckpt
+    from napari_lmadda.data.normalize import TargetNorm
+    from napari_lmadda.models.arch import stored_arch
+
+    norm = {"target_range": [[0.0, 1.0], [100.0, 4000.0]],
+            "target_norm": {"mode": "dataset", "percentiles": [0.1, 99.9],
+                            "units": "target"}}
+    model = load_arch(f"{ZOO}:CareUNet", kwargs={"out_channels": 2, "ngf": 8},
+                      input_size=32, meta=norm)
+    save_model(model, tmp_path / "m.pt")
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert raw["format_version"] == 4
+    again = load_arch(f"{ZOO}:CareUNet", weights=tmp_path / "m.pt")
+    assert TargetNorm.from_meta(again.meta, 2) == TargetNorm.from_meta(norm, 2)
+    # the version-3 reader of main reads up to 3: "newer", never a default UNet
+    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 3)
+    with pytest.raises(CheckpointError, match=r"newer napari-lmadda \(format version 4\)"):
+        load_model(tmp_path / "m.pt")
+    monkeypatch.undo()
+    # files of the development branch said version 3 with a code reference: still recognised
+    raw["format_version"] = 3
+    torch.save(raw, tmp_path / "dev.pt")
+    with pytest.raises(CheckpointError, match=r"--arch .*arch_zoo.py:CareUNet"):
+        load_model(tmp_path / "dev.pt")
+    assert stored_arch(tmp_path / "dev.pt")["arch"]["class"] == "CareUNet"
+
+
 def test_bad_architectures_and_weights_one_line(tmp_path):
     with pytest.raises(ConfigError, match="expected path/to/file.py:ClassName"):
         load_arch("arch_zoo.py")

@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..models.unet import UNetGenerator
 from . import distributed, loop, registry
@@ -49,8 +51,15 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int,
     """
     if spec is None or spec == "":
         return ()
-    if isinstance(spec, int):
-        items: list[int] = [spec]
+    def whole(v: Any) -> bool:
+        return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+    if not (isinstance(spec, str) or whole(spec)
+            or (isinstance(spec, Sequence) and all(whole(v) for v in spec))):
+        raise ConfigError(f"layers must be whole numbers (e.g. 2, [2, 5] or '1-16'), "
+                          f"got {spec!r}")
+    if whole(spec):
+        items: list[int] = [int(spec)]
     elif isinstance(spec, str):
         items = []
         for part in spec.replace(" ", "").split(","):

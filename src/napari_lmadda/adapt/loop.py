@@ -431,6 +431,13 @@ def _read_run_state(path, method: Method, cfg: AdaptConfig) -> dict:
         raise ConfigError(
             f"cannot resume from '{path}': it was made with other settings ({', '.join(diff)}"
             " differ); use the same options or delete the file to start afresh")
+    step, best = st.get("step"), st.get("best")
+    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps
+            and isinstance(best, list | tuple) and len(best) == 4
+            and isinstance(best[1], int) and 0 <= best[1] <= step):
+        raise CheckpointError(  # a damaged or edited file must not report "step 1380 of 0"
+            f"cannot resume from '{path}': its step ({step!r}, best {best!r}) is not within "
+            f"this run's 0..{cfg.steps} steps; delete the file to start afresh")
     return st
 
 

@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        # the memory hint names only size options the command has
+        sizes = [o for o in ("--tile", "--batch", "--patch", "--chunk")
+                 if any(o in a.option_strings for a in p._actions)]
+        p.set_defaults(_run=mod.run, _size_options=sizes)
     return parser
 
 
@@ -91,8 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{prefix}: error: out of memory (try a smaller --tile, --batch or --patch)",
-              file=sys.stderr)
+        sizes = getattr(args, "_size_options", [])
+        hint = (f" (try a smaller {', '.join(sizes[:-1])}{' or ' if len(sizes) > 1 else ''}"
+                f"{sizes[-1]})") if sizes else ""
+        print(f"{prefix}: error: out of memory{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

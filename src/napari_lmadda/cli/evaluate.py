@@ -11,8 +11,9 @@ from ..options import option
 
 NAME = "evaluate"
 HELP = (
-    "Compare predictions with ground truth (files matched by name): Pearson, SSIM, PSNR per "
-    "image, mean/median and pooled; Dice/Jaccard for masks."
+    "Compare predictions with ground truth (files matched by name, <stem>_pred with <stem>; "
+    "the stain channel named like the truth folder): Pearson, SSIM, PSNR per image, "
+    "mean/median and pooled; Dice/Jaccard for masks."
 )
 
 
@@ -32,6 +33,9 @@ class EvaluateArgs:
     normalize: str = option("none", "normalise both images per image before SSIM/PSNR",
                             flag="--normalize", choices=("none", "percentile"),
                             default_text="default none: raw intensities")
+    channel: str | None = option(None, "the prediction channel to score, by name (e.g. "
+                                 "DAPI)", flag="--channel", default_text="the one named like "
+                                 "the --truth folder, e.g. bf_truth/dapi -> DAPI")
     overwrite: bool = option(False, "replace an existing --json", flag="--overwrite")
     stop_on_error: bool = option(False, "stop at the first unreadable or mismatched pair "
                                  "(default: skip it)", flag="--stop-on-error")
@@ -51,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.metrics import evaluate_folders, format_table, result_to_json
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    if args.json is not None:
+        _refuse_an_input(args.json, {"--pred": args.pred, "--truth": args.truth})
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise OutputExistsError(f"'{args.json}' already exists (use --overwrite to replace it)")
     result = evaluate_folders(
@@ -60,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         normalize=None if args.normalize == "none" else args.normalize,
         stop_on_error=args.stop_on_error,
+        channel=args.channel,
     )
+    if isinstance(result.get("channel"), str):
+        print(f"channel {result['channel']} of the predictions")
     print(format_table(result))
     for item in result.get("skipped", []):
         print(f"skipped {item['name']}: {item['reason']}")
@@ -73,3 +82,20 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.json}")
     return 1 if result.get("skipped") else 0
+
+
+def _refuse_an_input(out: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an output path that is one of the inputs (``--overwrite`` would replace it)."""
+    from ..data.io import list_images
+    from ..errors import ConfigError, LmaddaError
+
+    target = Path(out).expanduser().resolve()
+    for flag, where in inputs.items():
+        where = Path(where).expanduser()
+        try:
+            files = [where] if where.is_file() else list_images(where)
+        except LmaddaError:
+            continue  # evaluate itself says what is wrong with the folder
+        if target == where.resolve() or target in {f.resolve() for f in files}:
+            raise ConfigError(f"--json '{out}' is one of the inputs (an image of {flag} "
+                              f"'{where}'); choose another file")

@@ -23,7 +23,9 @@ were skipped (unreadable), 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,9 @@ class PredictArgs:
     batch: int = option(4, "tiles per forward pass", flag="--batch")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", flag="--device")
     overwrite: bool = option(False, "replace existing outputs", flag="--overwrite")
+    skip_existing: bool = option(False, "keep the outputs an earlier (interrupted) run "
+                                 "completed and predict only the missing ones",
+                                 flag="--skip-existing")
     stop_on_error: bool = option(False, "stop at the first unreadable image instead of "
                                  "skipping it", flag="--stop-on-error")
     uncertainty: bool = option(False, "also write <stem>_trust.tif: the per-pixel standard "
@@ -88,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict the folder, print one line per file and the summary."""
     from ..errors import ConfigError, OutputExistsError
+    from ..inference.predict import check_out_folder
     from ..inference.predict_dask import (
         DaskRunner,
         iter_predict_folder_dask,
@@ -105,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.uncertainty and args.uncertainty_samples < 2:
         raise ConfigError(f"--uncertainty-samples must be >= 2, got {args.uncertainty_samples}")
+    if args.overwrite and args.skip_existing:
+        raise ConfigError("--overwrite and --skip-existing exclude each other")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out '{args.out}' is a file; give a folder")
+    check_out_folder(args.images, args.out, ("--out", "the --images folder"))
     files = list_inputs(args.images)
     if args.uncertainty and (args.out_format != "tiff" or any(f.is_dir() for f in files)):
         raise ConfigError("--uncertainty writes TIFF trust maps of image files: it cannot be "
@@ -113,24 +124,29 @@ def run(args: argparse.Namespace) -> int:
     kinds = ("pred", "trust") if args.uncertainty else ("pred",)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file; give a folder")
-    if not args.overwrite and out.is_dir():
+    if not (args.overwrite or args.skip_existing) and out.is_dir():
         existing = [t for kind in kinds for t in output_targets(files, out, args.out_format, kind)
                     if t.exists()]
         if existing:
             raise OutputExistsError(
                 f"{len(existing)} output file(s) already exist in '{out}' (e.g. "
-                f"'{existing[0].name}'); use --overwrite to replace them"
+                f"'{existing[0].name}'); use --skip-existing to keep them and predict the "
+                "rest, or --overwrite to replace them"
             )
     model = load_cli_model(args, args.device)
     make_output_folder(out, "the --out folder")
     runner = DaskRunner(args.scheduler, args.workers)
     threads = _share_cpu_threads(model, runner)
+    stack = contextlib.ExitStack()
+    gen = None
     try:
+        stack.enter_context(_terminate_as_interrupt())
         print(runner.describe(), flush=True)
         gen = iter_predict_folder_dask(
             model, args.images, out, scheduler=runner, out_format=args.out_format,
             tile=args.tile, overlap=args.overlap, batch_size=args.batch, chunk=args.chunk,
-            amp=args.amp, overwrite=args.overwrite, stop_on_error=args.stop_on_error,
+            amp=args.amp, overwrite=args.overwrite, skip_existing=args.skip_existing,
+            stop_on_error=args.stop_on_error,
         )
         width = len(str(len(files)))
         while True:
@@ -141,14 +157,42 @@ def run(args: argparse.Namespace) -> int:
                 break
             print(f"[{done:>{width}}/{total}] {path.name}", flush=True)
     finally:
+        if gen is not None:
+            gen.close()  # an interrupted run removes its temporary files before exiting
+        stack.close()
         runner.close()
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
-    failed = _write_trust_maps(model, files, report.written, args) if args.uncertainty else 0
+    failed = (_write_trust_maps(model, files, [*report.written, *report.kept], args)
+              if args.uncertainty else 0)
     print(report.summary())
     return 1 if report.skipped or failed else 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM (``kill``, ``timeout``, a batch scheduler) like Ctrl-C while predicting.
+
+    Python's default SIGTERM ends the process at once, leaving an OME-Zarr output's
+    temporary folder behind; as a KeyboardInterrupt, the cleanup runs first.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _share_cpu_threads(model, runner) -> int | None:
@@ -165,14 +209,19 @@ def _share_cpu_threads(model, runner) -> int | None:
     return old
 
 
-def _write_trust_maps(model, files, written, args: argparse.Namespace) -> int:
-    """Write ``<stem>_trust.tif`` beside every written prediction; return the failures."""
+def _write_trust_maps(model, files, predicted, args: argparse.Namespace) -> int:
+    """Write ``<stem>_trust.tif`` beside every prediction (written or kept); return failures.
+
+    A trust map is a calibrated ImageJ hyperstack like its prediction; the spread is in
+    stain units (decoded with the model's target normalisation).
+    """
     import warnings
 
     import numpy as np
 
-    from ..data.io import read_planes, write_tiff
+    from ..data.io import read_pixel_size, read_planes, write_tiff
     from ..errors import LmaddaError
+    from ..inference.predict import output_path, prediction_metadata, target_norm
     from ..inference.uncertainty import trust_map, uncertainty_method
 
     method = uncertainty_method(model)
@@ -183,15 +232,14 @@ def _write_trust_maps(model, files, written, args: argparse.Namespace) -> int:
     }[method]
     n = min(args.uncertainty_samples, 8) if method == "tta" else args.uncertainty_samples
     print(f"trust maps: {how}, {n} predictions per tile", flush=True)
-    meta = getattr(model, "meta", {}) or {}
-    names = meta.get("channel_names") or [f"channel{i}" for i in range(model.config.out_channels)]
-    from ..inference.predict import output_path
-
-    done = {Path(w).resolve() for w in written}
+    norm = target_norm(model)
+    done = {Path(w).resolve() for w in predicted}
     out = Path(args.out)
-    # the inputs whose prediction was written, with the trust map's name next to it
+    # the inputs whose prediction exists, with the trust map's name next to it
     todo = [(f, output_path(f, out, files, "_trust.tif")) for f in files
             if output_path(f, out, files).resolve() in done]
+    kept = [t for _, t in todo if args.skip_existing and t.exists()]
+    todo = [(f, t) for f, t in todo if t not in kept]
     failed = 0
     for i, (src, target) in enumerate(todo, 1):
         try:
@@ -202,23 +250,23 @@ def _write_trust_maps(model, files, written, args: argparse.Namespace) -> int:
                                        overlap=args.overlap, batch_size=args.batch)
                              for p in planes])
             arr = maps[0] if len(planes) == 1 else maps
-            md = {
-                "source_image": src.name,
-                "channels": list(names),
-                "axes": "CYX" if arr.ndim == 3 else "ZCYX",
-                "quantity": "per-pixel standard deviation of the prediction, in stain units",
+            axes = "CYX" if arr.ndim == 3 else "ZCYX"
+            md = prediction_metadata(model, src, axes, {
+                "quantity": f"per-pixel standard deviation of the prediction, in {norm.units} "
+                            "units",
                 "uncertainty_method": method,
                 "uncertainty_samples": n,
                 "uncertainty_seed": 0,
                 "how": how,
-                "model": meta.get("provenance", {}),
-            }
-            write_tiff(target, arr, metadata=md, overwrite=args.overwrite)
+            })
+            write_tiff(target, arr, metadata=md, overwrite=args.overwrite, axes=axes,
+                       channel_names=md["channels"], pixel_size=read_pixel_size(src))
             print(f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {target.name}", flush=True)
         except LmaddaError as exc:
             failed += 1
             print(f"  {target.name}: {exc}", flush=True)
             if args.stop_on_error:
                 raise
-    print(f"wrote {len(todo) - failed} trust map(s)")
+    print(f"wrote {len(todo) - failed} trust map(s)"
+          + (f", kept {len(kept)} complete one(s) of an earlier run" if kept else ""))
     return failed

@@ -27,6 +27,7 @@ from ..errors import ConfigError, EmptyFolderError, ImageReadError
 from .io import (
     ImageInfo,
     ImageWarning,
+    check_memory,
     file_stem,
     list_images,
     probe_image,
@@ -345,6 +346,9 @@ def _probe_files(
     for p in paths:
         try:
             info = probe_image(p, as_grey=as_grey)
+            # planes are decoded one at a time later: one that cannot fit is skipped now,
+            # not when a training step needs it
+            check_memory(info, info.plane_read_bytes())
             if min_size is not None:
                 for s in info.series:
                     if min(s.plane_shape) < min_size:

@@ -28,6 +28,11 @@ Shape conventions
     plane, +Inf by their maximum, -Inf by their minimum; 0 when no pixel is finite) with an
     :class:`ImageWarning` naming the file.
 
+Memory is decided before decoding: a file's header declares its pixels, and a file that would
+need more than :func:`~napari_lmadda.memory.memory_budget` to read (a decompression bomb: a few
+MB declaring 40000x40000 pixels) is refused with one line naming it, like a damaged file. A TIFF
+with more than :data:`MAX_PAGES` pages is refused after counting its pages (no page is parsed).
+
 Every problem with a file is raised as :class:`~napari_lmadda.errors.ImageReadError` naming the
 file; writing problems as :class:`~napari_lmadda.errors.OutputExistsError` or
 :class:`~napari_lmadda.errors.OutputWriteError`.
@@ -41,6 +46,7 @@ import math
 import os
 import re
 import secrets
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +64,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "MAX_PAGES",
     "IMAGE_SUFFIXES",
     "TIFF_SUFFIXES",
     "ImageWarning",
@@ -67,18 +74,29 @@ __all__ = [
     "file_stem",
     "read_image",
     "probe_image",
+    "count_tiff_pages",
+    "check_memory",
     "read_planes",
     "read_plane",
     "sanitize_plane",
     "atomic_write",
     "write_tiff",
     "read_tiff_metadata",
+    "read_pixel_size",
+    "unit_name",
 ]
 
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
 #: File suffixes read as images (compared lower-case).
 IMAGE_SUFFIXES: frozenset[str] = TIFF_SUFFIXES | {".png", ".jpg", ".jpeg"}
 _SUFFIX_TEXT = ", ".join(sorted(IMAGE_SUFFIXES))
+
+#: TIFFs with more pages than this are refused (``LMADDA_MAX_PAGES`` changes it): counting
+#: pages is cheap, but indexing and decoding 100,000 tiny pages takes minutes.
+MAX_PAGES: int = int(os.environ.get("LMADDA_MAX_PAGES", "") or 10_000)
+# Above this many pages tifffile's per-series scan of "shaped" files is quadratic (2000
+# one-page series: 2 s; 10,000: 32 s); such files are indexed as generic page stacks.
+_SHAPED_SERIES_PAGES = 512
 
 # ITU-R BT.709 luma weights (the ones scikit-image's rgb2gray uses)
 _LUMA = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)
@@ -215,6 +233,11 @@ class SeriesInfo:
         Planes each page gives to :func:`read_planes`.
     page_readable : bool
         Pages can be decoded one at a time (else the whole series is decoded).
+    itemsize : int
+        Bytes per stored sample.
+    chunk_shape : tuple of int or None
+        Shape of the smallest unit the decoder works on (a TIFF tile or strip); None when
+        the whole image is decoded at once (PNG, JPEG).
     """
 
     index: int
@@ -225,6 +248,8 @@ class SeriesInfo:
     n_pages: int
     planes_per_page: int
     page_readable: bool
+    itemsize: int = 4
+    chunk_shape: tuple[int, ...] | None = None
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -235,6 +260,29 @@ class SeriesInfo:
     def n_planes(self) -> int:
         """Number of planes the series gives to :func:`read_planes`."""
         return self.n_pages * self.planes_per_page
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the whole series as decoded (its declared shape and dtype)."""
+        return math.prod(self.shape) * self.itemsize
+
+    @property
+    def page_bytes(self) -> int:
+        """Bytes of one decoded page (one plane and its colour samples)."""
+        return self.stored_bytes // max(1, self.n_pages)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes the decoder produces at once for a region read (a tile or strip)."""
+        if self.chunk_shape is None:
+            return self.stored_bytes
+        return math.prod(self.chunk_shape) * self.itemsize
+
+    def plane_bytes(self, as_grey: bool = True) -> int:
+        """Bytes to turn one page into its float32 planes (with the luma temporaries)."""
+        h, w = self.plane_shape
+        extra = h * w * 3 * 8 if self.colour and as_grey else 0  # float64 RGB for the luma
+        return self.planes_per_page * h * w * 4 + extra
 
 
 @dataclass(frozen=True)
@@ -269,6 +317,25 @@ class ImageInfo:
         """Return ``(H, W)`` of plane ``index``."""
         series, _ = self.locate(index)
         return series.plane_shape
+
+    def read_bytes(self) -> int:
+        """Memory :func:`read_planes` needs: the largest decoded series + every float32 plane."""
+        return max(s.stored_bytes for s in self.series) + sum(
+            s.n_pages * s.plane_bytes(self.as_grey) for s in self.series)
+
+    def plane_read_bytes(self, index: int | None = None) -> int:
+        """Memory :func:`read_plane` needs for plane ``index`` (the largest plane if None)."""
+        def need(s: SeriesInfo) -> int:
+            decoded = s.page_bytes if s.page_readable else s.stored_bytes
+            return decoded + s.plane_bytes(self.as_grey)
+
+        if index is None:
+            return max(need(s) for s in self.series)
+        return need(self.locate(index)[0])
+
+    def describe(self) -> str:
+        """``"40000x40000 uint16"``: the declared shape and pixel type (first series)."""
+        return f"{'x'.join(map(str, self.shape))} {self.dtype}"
 
     def locate(self, index: int) -> tuple[SeriesInfo, int]:
         """Return the series holding plane ``index`` and the plane's index inside it."""
@@ -354,6 +421,10 @@ def _series_info(tif: Any, index: int, as_grey: bool, file_size: int, path: Path
         raise
     except Exception:  # best effort check; decoding will tell anyway
         pass
+    try:
+        chunk_shape = tuple(int(n) for n in page.chunks)
+    except Exception:  # best effort: region reads then count the whole page
+        chunk_shape = None
     return SeriesInfo(
         index=index,
         shape=shape,
@@ -363,6 +434,8 @@ def _series_info(tif: Any, index: int, as_grey: bool, file_size: int, path: Path
         n_pages=n_pages,
         planes_per_page=_planes_per_page(colour, channels, as_grey),
         page_readable=page_readable,
+        itemsize=int(np.dtype(series.dtype).itemsize),
+        chunk_shape=chunk_shape,
     )
 
 
@@ -392,11 +465,70 @@ class _TiffLog(logging.Handler):
         return None
 
 
+def count_tiff_pages(path: str | os.PathLike[str], limit: int | None = None) -> int:
+    """Count the pages of a TIFF by walking its IFD chain (no page is parsed or decoded).
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF or BigTIFF file.
+    limit : int, optional
+        Stop counting after ``limit + 1`` pages (enough to know there are too many).
+
+    Returns
+    -------
+    int
+        Pages found (0 when the file is not a TIFF: the TIFF reader then says why). A loop
+        in the chain or an offset past the end of the file ends the count.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 8:
+                return 0
+            version = struct.unpack(order + "H", head[2:4])[0]
+            if version == 42:
+                offset = struct.unpack(order + "I", head[4:8])[0]
+                count_fmt, entry, next_fmt = "H", 12, "I"
+            elif version == 43 and len(head) >= 16:
+                offset = struct.unpack(order + "Q", head[8:16])[0]
+                count_fmt, entry, next_fmt = "Q", 20, "Q"
+            else:
+                return 0
+            count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(next_fmt)
+            seen: set[int] = set()
+            n = 0
+            while offset and offset not in seen and offset + count_size <= size:
+                if limit is not None and n > limit:
+                    break
+                seen.add(offset)
+                fh.seek(offset)
+                (ntags,) = struct.unpack(order + count_fmt, fh.read(count_size))
+                fh.seek(offset + count_size + ntags * entry)
+                raw = fh.read(next_size)
+                n += 1
+                if len(raw) < next_size:
+                    break
+                (offset,) = struct.unpack(order + next_fmt, raw)
+            return n
+    except (OSError, struct.error):
+        return 0
+
+
 def _open_tiff(path: Path) -> Any:
     import tifffile
 
+    pages = count_tiff_pages(path, MAX_PAGES)
+    if pages > MAX_PAGES:
+        raise ImageReadError(
+            f"'{path}' holds more than {MAX_PAGES} pages; refused before reading them "
+            "(set LMADDA_MAX_PAGES to allow more)"
+        )
+    flags = {"is_shaped": False} if pages > _SHAPED_SERIES_PAGES else {}
     try:
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path, **flags)
     except Exception as exc:  # tifffile raises many kinds (TiffFileError, ValueError, ...)
         raise ImageReadError(f"'{path}' is not a readable TIFF file ({_why(exc)})") from exc
     try:
@@ -503,6 +635,7 @@ def _probe_pil(path: Path, as_grey: bool) -> ImageInfo:
         n_pages=1,
         planes_per_page=_planes_per_page(colour, channels, as_grey),
         page_readable=False,
+        itemsize=int(np.dtype(dtype).itemsize),
     )
     return ImageInfo(
         path=path, shape=shape, axes=axes, dtype=dtype, series=(series,), as_grey=as_grey
@@ -555,6 +688,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         info = probe_image(path)  # checks truncation and support before decoding
+        check_memory(info, info.series[0].stored_bytes)
         tif = _open_tiff(path)
         with tif:
             try:
@@ -562,8 +696,39 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             except Exception as exc:
                 raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
     if suffix in IMAGE_SUFFIXES:
+        info = probe_image(path)
+        check_memory(info, info.series[0].stored_bytes)
         return _decode_pil(path)
     raise ImageReadError(f"'{path}' has an unsupported suffix (supported: {_SUFFIX_TEXT})")
+
+
+def check_memory(info: ImageInfo, need: int, what: str = "read") -> None:
+    """Refuse work on a file that would need more than the memory budget (from its header).
+
+    Parameters
+    ----------
+    info : ImageInfo
+        The file's header (:func:`probe_image`).
+    need : int
+        Bytes the work would allocate (e.g. :meth:`ImageInfo.read_bytes`).
+    what : str
+        The work, for the message (``"read"``, ``"predict"``, ...).
+
+    Raises
+    ------
+    ImageReadError
+        ``need`` exceeds :func:`~napari_lmadda.memory.memory_budget`; one line naming the
+        file, its declared size and both amounts.
+    """
+    from ..memory import fmt_bytes, memory_budget
+
+    budget = memory_budget()
+    if need > budget:
+        raise ImageReadError(
+            f"'{info.path}' is too large to {what} in the memory available: its header "
+            f"declares {info.describe()} pixels, which need {fmt_bytes(need)}, more than the "
+            f"{fmt_bytes(budget)} one image may use here (LMADDA_MEMORY_BUDGET)"
+        )
 
 
 def _to_pages(arr: np.ndarray, axes: str) -> np.ndarray:
@@ -610,6 +775,36 @@ def _read_series_page(tif: Any, series: SeriesInfo, page_index: int, path: Path)
         return _to_pages(arr, series.axes)[page_index]
     except Exception as exc:
         raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
+
+
+#: Share of a plane's pixels at the top of its range from which it is reported as saturated.
+SATURATED_FRACTION = 0.01
+
+
+def _warn_saturated(page: np.ndarray, path: Path, plane_index: int | None) -> None:
+    """Warn when many pixels of an integer page sit at the top of its range (clipped light).
+
+    The top is the container's (255, 65535) or that of 10-, 12- or 14-bit data stored in
+    16 bits (a 12-bit camera saturates at 4095). A mask (two values) is not saturated.
+    """
+    if page.dtype.kind not in "ui" or page.size < 1024:  # tiny planes: no judgement
+        return
+    top = int(page.max())
+    cap = int(np.iinfo(page.dtype).max)
+    bits = {2**b - 1: b for b in (8, 10, 12, 14, 16, 32) if 2**b - 1 <= cap}
+    if top not in bits:
+        return
+    at_top = int(np.count_nonzero(page == top))
+    if at_top < SATURATED_FRACTION * page.size:
+        return
+    if not np.any((page != top) & (page != page.min())):
+        return  # two values: a mask or a binary image
+    where = f"'{path}'" if plane_index is None else f"'{path}' (plane {plane_index})"
+    warnings.warn(
+        f"{where}: {at_top / page.size:.0%} of the pixels are saturated at {top} (the top of a "
+        f"{bits[top]}-bit range): stains predicted there are unreliable",
+        ImageWarning, stacklevel=3,
+    )
 
 
 def sanitize_plane(
@@ -699,6 +894,7 @@ def read_plane(
     if info is None or info.as_grey != as_grey:
         info = probe_image(path, as_grey=as_grey)
     series, local = info.locate(index)
+    check_memory(info, info.plane_read_bytes(index))
     page_index, within = divmod(local, series.planes_per_page)
     if path.suffix.lower() in TIFF_SUFFIXES:
         tif = _open_tiff(path)
@@ -706,6 +902,8 @@ def read_plane(
             page = _read_series_page(tif, series, page_index, path)
     else:
         page = _to_pages(_decode_pil(path), series.axes)[0]
+    samples = list(series.channels) if series.colour else [series.channels[within]]
+    _warn_saturated(page[..., samples], path, index if info.n_planes > 1 else None)
     plane = _page_to_planes(page, series, as_grey)[within]
     return sanitize_plane(plane, path, index if info.n_planes > 1 else None)
 
@@ -740,6 +938,7 @@ def read_planes(
     """
     path = Path(path)
     info = probe_image(path, as_grey=as_grey)
+    check_memory(info, info.read_bytes())
     planes: list[np.ndarray] = []
     if path.suffix.lower() in TIFF_SUFFIXES:
         tif = _open_tiff(path)
@@ -751,11 +950,14 @@ def read_planes(
                 except Exception as exc:
                     raise ImageReadError(f"'{path}': cannot decode pixels ({_why(exc)})") from exc
                 for page in _to_pages(arr, series.axes):
+                    _warn_saturated(page[..., list(series.channels)], path,  # alpha left out
+                                    len(planes) if info.n_planes > 1 else None)
                     planes.extend(_page_to_planes(page, series, as_grey))
     else:
         series = info.series[0]
         _check_min_size(series.plane_shape, min_size, path)
         page = _to_pages(_decode_pil(path), series.axes)[0]
+        _warn_saturated(page[..., list(series.channels)], path, None)
         planes = _page_to_planes(page, series, as_grey)
     many = len(planes) > 1
     return [sanitize_plane(p, path, i if many else None) for i, p in enumerate(planes)]
@@ -822,15 +1024,32 @@ def atomic_write(
             tmp.unlink()
         except OSError:
             pass
-        if isinstance(exc, OSError) and not isinstance(exc, LmaddaError):
-            if isinstance(exc, PermissionError):
-                raise OutputWriteError(
-                    f"cannot write '{path.name}': folder '{folder}' is not writable"
-                ) from exc
-            raise OutputWriteError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+        if isinstance(exc, LmaddaError):
+            raise
+        # an OS error may come wrapped: torch's zip writer, after the disk filled up part-way
+        # through a save, raises "unexpected pos" chained to the real ENOSPC
+        os_error = _os_error_in_chain(exc)
+        if isinstance(os_error, PermissionError):
+            raise OutputWriteError(
+                f"cannot write '{path.name}': folder '{folder}' is not writable"
+            ) from os_error
+        if os_error is not None:
+            raise OutputWriteError(
+                f"cannot write '{path}': {os_error.strerror or os_error}") from os_error
         raise
     _fsync_folder(folder)
     return path
+
+
+def _os_error_in_chain(exc: BaseException) -> OSError | None:
+    """The first :class:`OSError` among ``exc`` and the exceptions it was raised from."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -867,8 +1086,18 @@ def write_tiff(
     overwrite: bool = False,
     dtype: np.dtype | type | str | None = np.float32,
     compression: str | None = None,
+    axes: str | None = None,
+    channel_names: list[str] | None = None,
+    pixel_size: dict[str, Any] | None = None,
+    ranges: list[tuple[float, float]] | None = None,
 ) -> Path:
     """Write an array to a TIFF file atomically, with a JSON metadata dict.
+
+    With ``axes`` the file is an ImageJ hyperstack (what Fiji opens as channels, slices and
+    frames, calibrated): ``axes`` is a subsequence of ``TZCYX`` in that order, the channels
+    are named (ImageJ slice labels), the pixel size and unit go to the resolution tags and
+    the ImageJ description, and the JSON metadata to ImageJ's ``Info`` property (Fiji:
+    Image > Show Info). ImageJ stores uint8, uint16 and float32; other types become float32.
 
     Parameters
     ----------
@@ -879,13 +1108,21 @@ def write_tiff(
         interpreted as RGB), one TIFF page per 2D plane.
     metadata : dict, optional
         JSON-serialisable values (numpy scalars/arrays and paths are converted), stored in the
-        ImageDescription and returned by :func:`read_tiff_metadata`.
+        ImageDescription (ImageJ: its ``Info``) and returned by :func:`read_tiff_metadata`.
     overwrite : bool
         Replace an existing file.
     dtype : dtype, optional
         Stored pixel type (default ``float32``); None keeps ``array``'s dtype.
     compression : str, optional
         A tifffile compression name (e.g. ``"zlib"``); none by default.
+    axes : str, optional
+        Write an ImageJ hyperstack with these axes (e.g. ``"CYX"``, ``"ZCYX"``).
+    channel_names : list of str, optional
+        One name per ``C`` (hyperstack only).
+    pixel_size : dict, optional
+        ``{"y", "x", "z" (optional), "unit"}`` as :func:`read_pixel_size` returns.
+    ranges : list of (float, float), optional
+        Display range of each channel (hyperstack only).
 
     Returns
     -------
@@ -918,20 +1155,131 @@ def write_tiff(
             f"cannot write '{path}': metadata is not JSON-serialisable ({exc})"
         ) from exc
 
+    if axes is not None:
+        kwargs = _imagej_kwargs(path, arr, axes, meta, channel_names, pixel_size, ranges)
+        arr = kwargs.pop("data")
+
+        def _write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, arr, imagej=True, compression=compression, **kwargs)
+
+        return atomic_write(path, _write, overwrite=overwrite)
+
     # explicit axes: otherwise tifffile drops trailing length-1 axes and a stack of
     # (H, 1) planes reads back as one plane
-    axes = "Q" * (arr.ndim - 2) + "YX"
+    qaxes = "Q" * (arr.ndim - 2) + "YX"
 
     def _write(tmp: Path) -> None:
         tifffile.imwrite(
             tmp,
             arr,
             photometric="minisblack",
-            metadata={"axes": axes, "lmadda": meta},
+            metadata={"axes": qaxes, "lmadda": meta},
             compression=compression,
         )
 
     return atomic_write(path, _write, overwrite=overwrite)
+
+
+def _imagej_kwargs(path: Path, arr: np.ndarray, axes: str, meta: dict[str, Any],
+                   channel_names: list[str] | None, pixel_size: dict[str, Any] | None,
+                   ranges: list[tuple[float, float]] | None) -> dict[str, Any]:
+    """The ``tifffile.imwrite`` arguments of an ImageJ hyperstack (checked, one-line errors)."""
+    order = "TZCYX"
+    if (len(axes) != arr.ndim or not axes.endswith("YX") or len(set(axes)) != len(axes)
+            or any(a not in order for a in axes)
+            or [order.index(a) for a in axes] != sorted(order.index(a) for a in axes)):
+        raise LmaddaError(f"cannot write '{path}' as an ImageJ hyperstack: axes {axes!r} do "
+                          f"not fit an array of shape {arr.shape} (use a subsequence of TZCYX)")
+    if arr.dtype not in (np.uint8, np.uint16, np.float32):
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(np.float32)
+    n_c = arr.shape[axes.index("C")] if "C" in axes else 1
+    ij: dict[str, Any] = {"axes": axes}
+    if channel_names is not None:
+        names = [str(n) for n in channel_names]
+        if len(names) != n_c:
+            raise LmaddaError(f"cannot write '{path}': {len(names)} channel name(s) for {n_c} "
+                              "channel(s)")
+        # ImageJ names a channel by the label of each of its planes (C varies fastest)
+        n_planes = int(np.prod(arr.shape[:-2])) if arr.ndim > 2 else 1
+        ij["Labels"] = [names[i % n_c] for i in range(n_planes)]
+        meta = {"channels": names, **meta}
+    if ranges is not None and len(ranges) == n_c:
+        ij["Ranges"] = tuple(float(v) for r in ranges for v in r)
+    if n_c > 1:
+        ij["mode"] = "composite"
+    kwargs: dict[str, Any] = {}
+    if pixel_size:
+        unit = unit_name(pixel_size.get("unit"))
+        y, x = float(pixel_size.get("y") or 0), float(pixel_size.get("x") or 0)
+        if unit and y > 0 and x > 0 and math.isfinite(x) and math.isfinite(y):
+            kwargs["resolution"] = (1.0 / x, 1.0 / y)
+            ij["unit"] = unit
+            z = pixel_size.get("z")
+            if z and "Z" in axes and math.isfinite(float(z)) and float(z) > 0:
+                ij["spacing"] = float(z)
+            meta = {**meta, "pixel_size": {"y": y, "x": x, "z": z, "unit": unit}}
+    ij["Info"] = json.dumps({"lmadda": meta})
+    return {"data": arr, "metadata": ij, **kwargs}
+
+
+#: Length units ImageJ and OME name differently, to one short name (``um`` for micrometres).
+_UNITS = {"um": "um", "µm": "um", "μm": "um", "micron": "um", "microns": "um",
+          "micrometer": "um", "micrometre": "um", "\\u00b5m": "um", "nm": "nm",
+          "nanometer": "nm", "nanometre": "nm", "mm": "mm", "millimeter": "mm",
+          "millimetre": "mm", "cm": "cm", "centimeter": "cm", "centimetre": "cm", "m": "m",
+          "meter": "m", "metre": "m", "pm": "pm", "picometer": "pm"}
+
+
+def unit_name(unit: Any) -> str | None:
+    """``"micrometer"``, ``"µm"``, ``"micron"``, a pint unit, ... -> ``"um"``; pixels -> None.
+
+    Parameters
+    ----------
+    unit : str or object
+        A length unit as napari, ImageJ or OME spell it.
+
+    Returns
+    -------
+    str or None
+        The short name (``um``, ``nm``, ``mm``, ...), None for no physical unit.
+    """
+    if unit is None:
+        return None
+    text = str(unit).strip()
+    key = text.lower()
+    if key in ("", "pixel", "pixels", "px", "none", "dimensionless"):
+        return None
+    return _UNITS.get(key, _UNITS.get(text, text))
+
+
+def read_pixel_size(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The pixel size an image declares, as the writers here take it.
+
+    Read by :func:`~napari_lmadda.data.zarr_io.read_calibration` (OME-Zarr ``scale``; TIFF:
+    OME ``PhysicalSize*``, ImageJ's unit with the resolution tags and ``spacing``, or a
+    resolution in centimetres; inch resolutions are screen defaults, ignored).
+
+    Parameters
+    ----------
+    path : path-like
+        An image file or OME-Zarr image.
+
+    Returns
+    -------
+    dict or None
+        ``{"y": float, "x": float, "z": float or None, "unit": "um"|...}``, or None when the
+        image carries no physical calibration (the calibration is a courtesy, never a
+        reason to fail).
+    """
+    from .zarr_io import read_calibration
+
+    cal = read_calibration(path)
+    unit = unit_name(cal.unit) if cal is not None else None
+    if unit is None:
+        return None
+    return {"y": float(cal.y), "x": float(cal.x),
+            "z": None if cal.z is None else float(cal.z), "unit": unit}
 
 
 def read_tiff_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -953,6 +1301,14 @@ def read_tiff_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     tif = _open_tiff(path)
     with tif:
         try:
+            if tif.is_imagej:  # a hyperstack written by write_tiff: JSON in ImageJ's Info
+                info = (tif.imagej_metadata or {}).get("Info")
+                try:
+                    parsed = json.loads(info) if isinstance(info, str) else None
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict) and isinstance(parsed.get("lmadda"), dict):
+                    return dict(parsed["lmadda"])
             shaped = tif.shaped_metadata
             if shaped:
                 first = dict(shaped[0])

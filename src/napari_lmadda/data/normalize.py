@@ -28,6 +28,11 @@ __all__ = [
     "denormalize",
     "TARGET_MODES",
     "TargetNorm",
+    "DEFAULT_TARGET_PERCENTILES",
+    "TARGET_MARGIN",
+    "RangeProblem",
+    "fit_target_norm",
+    "encode_target",
 ]
 
 #: Default (low, high) percentiles of per-image input normalisation.
@@ -402,3 +407,198 @@ class TargetNorm:
             percentiles=None if pct is None else tuple(pct),
             units=info.get("units", "target"),
         )
+
+
+#: Default (low, high) percentiles of a learned target normalisation (``dataset`` and
+#: ``image`` modes): wide, so the brightest structures (nuclei) stay representable.
+DEFAULT_TARGET_PERCENTILES: tuple[float, float] = (0.1, 99.9)
+#: Room left beyond the learned range, as a fraction of it: background at exactly -1 would
+#: push tanh into saturation, where sparse targets stop getting gradient (for a [0, 1]
+#: target this gives the range (-0.05, 1.05) every model used before).
+TARGET_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class RangeProblem:
+    """A target plane with values the model cannot produce (see :func:`fit_target_norm`).
+
+    Attributes
+    ----------
+    channel : int
+        Output channel.
+    name : str
+        The plane's name (file name, ``[plane]`` for stacks).
+    vmin, vmax : float
+        The plane's smallest and largest value.
+    outside : float
+        Fraction of its pixels outside the representable range (estimated from a sample).
+    lo, hi : float
+        The representable range (the model's -1 and +1).
+    """
+
+    channel: int
+    name: str
+    vmin: float
+    vmax: float
+    outside: float
+    lo: float
+    hi: float
+
+    def message(self, channel_name: str | None = None) -> str:
+        """One line for the user."""
+        ch = channel_name or f"channel {self.channel}"
+        return (f"target '{self.name}' ({ch}) runs from {self.vmin:g} to {self.vmax:g}, but the "
+                f"model can only produce {self.lo:g} to {self.hi:g}: {100 * self.outside:.1f} % "
+                "of its pixels cannot be learned")
+
+
+def _widen(lo: float, hi: float, margin: float) -> tuple[float, float]:
+    span = hi - lo
+    return lo - margin * span, hi + margin * span
+
+
+def fit_target_norm(
+    channels: Any,
+    *,
+    mode: str = "dataset",
+    percentiles: tuple[float, float] = DEFAULT_TARGET_PERCENTILES,
+    fixed_range: tuple[float, float] | None = None,
+    margin: float = TARGET_MARGIN,
+    max_samples: int = 2_000_000,
+    outside_tolerance: float = 0.01,
+    seed: int = 0,
+) -> tuple[TargetNorm, list[RangeProblem]]:
+    """Learn how to encode training targets, and find targets the model could not learn.
+
+    One pass over the targets, one plane in memory at a time, keeping a random sample of
+    at most about ``max_samples`` pixels per channel (at least 64 per plane), so a folder of
+    any size needs bounded memory.
+
+    Parameters
+    ----------
+    channels : sequence of datasets
+        One per output channel; each has ``len()``, ``[i]`` -> the raw 2D plane (any dtype and
+        range: uint8, uint16, 12-bit in 16, float, negative, z-scored) and optionally
+        ``name(i)``.
+    mode : {"dataset", "image", "fixed"}
+        ``dataset``: robust percentiles over the whole set per channel (relative brightness of
+        fields survives; predictions come out in target units). ``image``: each target is
+        normalised by its own percentiles (CARE-style; predictions in normalised units, 0 =
+        the image's low percentile, 1 = its high percentile). ``fixed``: ``fixed_range``.
+    percentiles : (float, float)
+        Low and high percentiles for ``dataset`` and ``image``.
+    fixed_range : (float, float), optional
+        The stain range of ``fixed`` mode (e.g. ``(0, 1)`` for probability maps).
+    margin : float
+        Room beyond the range as a fraction of it (:data:`TARGET_MARGIN`).
+    max_samples : int
+        Pixel samples kept per channel.
+    outside_tolerance : float
+        A plane with more than this fraction of its pixels outside the representable
+        range is reported.
+    seed : int
+        Seed of the pixel sampling.
+
+    Returns
+    -------
+    norm : TargetNorm
+        The normalisation (``to_meta()`` goes into the model file).
+    problems : list of RangeProblem
+        Planes the model cannot represent (empty in ``image`` mode).
+
+    Raises
+    ------
+    ConfigError
+        Bad settings, no planes, or a channel whose targets are all one value (in ``dataset``
+        mode: nothing to learn).
+    """
+    if mode not in TARGET_MODES:
+        raise ConfigError(f"target normalisation must be one of {TARGET_MODES}, got {mode!r}")
+    _check_percentiles(*percentiles)
+    if not (0 <= margin < 1):
+        raise ConfigError(f"target margin must be in [0, 1), got {margin}")
+    if mode == "fixed":
+        if fixed_range is None:
+            raise ConfigError("fixed target normalisation needs a range (lo, hi)")
+        a, b = (float(v) for v in fixed_range)
+        if not (np.isfinite(a) and np.isfinite(b) and b > a):
+            raise ConfigError(f"target range needs lo < hi, got ({a}, {b})")
+    chans = list(channels)
+    if not chans or any(len(c) == 0 for c in chans):
+        raise ConfigError("no target planes to learn the target normalisation from")
+    rng = np.random.default_rng(seed)
+    los, his = [], []
+    problems: list[RangeProblem] = []
+    for ci, ds in enumerate(chans):
+        n = len(ds)
+        per_plane = int(min(65536, max(64, max_samples // n)))
+        samples: list[np.ndarray] = []
+        extremes: list[tuple[float, float]] = []
+        for i in range(n):
+            plane = np.asarray(ds[i])
+            flat = plane.reshape(-1)
+            finite = flat if plane.dtype.kind in "biu" else flat[np.isfinite(flat)]
+            if finite.size == 0:
+                samples.append(np.zeros(0, np.float64))
+                extremes.append((np.nan, np.nan))
+                continue
+            extremes.append((float(finite.min()), float(finite.max())))
+            pick = finite if finite.size <= per_plane else \
+                finite[rng.integers(0, finite.size, per_plane)]
+            samples.append(pick.astype(np.float64))
+            del plane, flat, finite
+        if mode == "image":
+            los.append(-margin)
+            his.append(1.0 + margin)
+            continue
+        if mode == "fixed":
+            lo, hi = _widen(float(fixed_range[0]), float(fixed_range[1]), margin)
+        else:
+            pooled = np.concatenate(samples)
+            if pooled.size == 0:
+                raise ConfigError(f"target channel {ci} has no finite pixel")
+            plo, phi = (float(v) for v in np.percentile(pooled, percentiles))
+            if not phi > plo:  # mostly one value (e.g. an almost empty stain)
+                plo, phi = float(pooled.min()), float(pooled.max())
+            if not phi > plo:
+                raise ConfigError(
+                    f"every sampled target pixel of channel {ci} has the value {plo:g}: "
+                    "there is nothing to learn (wrong folder, or empty stain?)")
+            lo, hi = _widen(plo, phi, margin)
+            del pooled
+        los.append(lo)
+        his.append(hi)
+        for i, (smp, (vmin, vmax)) in enumerate(zip(samples, extremes)):
+            if smp.size == 0 or (vmin >= lo and vmax <= hi):
+                continue
+            outside = float(np.mean((smp < lo) | (smp > hi)))
+            if outside > outside_tolerance:
+                name = ds.name(i) if hasattr(ds, "name") else f"plane {i}"
+                problems.append(RangeProblem(ci, name, vmin, vmax, outside, lo, hi))
+    pct = None if mode == "fixed" else (float(percentiles[0]), float(percentiles[1]))
+    norm = TargetNorm(tuple(los), tuple(his), mode=mode, percentiles=pct,
+                      units="normalised" if mode == "image" else "target")
+    return norm, problems
+
+
+def encode_target(plane: np.ndarray, norm: TargetNorm, channel: int = 0) -> np.ndarray:
+    """Encode one raw target plane to the network range with a model's target normalisation.
+
+    ``dataset``/``fixed``: the affine map of ``norm`` (:meth:`TargetNorm.encode`);
+    ``image``: the plane's own percentiles map to 0 and 1 (normalised units), then ``norm``.
+    A constant plane in ``image`` mode encodes as its low end (with a
+    :class:`NormalizationWarning`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32``, same shape.
+    """
+    x = np.asarray(plane)
+    lo, hi = norm.lo[channel], norm.hi[channel]
+    if norm.mode == "image":
+        pct = norm.percentiles or DEFAULT_TARGET_PERCENTILES
+        v, _ = percentile_normalize(x, *pct)
+        u = (v.astype(np.float64) + 1.0) * 0.5
+        return (2.0 * (u - lo) / (hi - lo) - 1.0).astype(np.float32)
+    return apply_normalization(x, NormParams(lo=lo, hi=hi))  # chunked: bounded memory

@@ -757,6 +757,10 @@ def make_domain(
     if n < 1:
         raise ConfigError(f"number of fields must be at least 1, got {n!r}")
     mag = float(DEFAULT_MAGNITUDE[shift] if magnitude is None else magnitude)
+    if not math.isfinite(mag):  # nan would silently give NaN images
+        raise ConfigError(f"magnitude must be a finite number, got {magnitude!r}")
+    if not (isinstance(density, int | float) and math.isfinite(density)):
+        raise ConfigError(f"density must be a finite number, got {density!r}")
     if shift == "brightfield":
         modality = "brightfield"
     shape = _as_shape(size)

@@ -584,15 +584,18 @@ class OmeZarrWriter:
             if k:
                 transforms.append({"type": "translation", "translation": shift})
             datasets.append({"path": str(k), "coordinateTransformations": transforms})
-        lo, hi = float(window[0]), float(window[1])
+        # one (lo, hi) for every channel, or one pair per channel
+        per = (list(window) if window and hasattr(window[0], "__len__")
+               else [window] * len(self.channel_names))
         return {
             "version": "0.5",
             "multiscales": [{"name": self.path.name, "axes": axes, "datasets": datasets}],
             "omero": {
                 "channels": [
                     {"label": name, "color": "FFFFFF", "active": True,
-                     "window": {"min": lo, "max": hi, "start": lo, "end": hi}}
-                    for name in self.channel_names
+                     "window": {"min": float(lo), "max": float(hi), "start": float(lo),
+                                "end": float(hi)}}
+                    for name, (lo, hi) in zip(self.channel_names, per)
                 ],
             },
         }
@@ -630,8 +633,8 @@ class OmeZarrWriter:
         ----------
         metadata : dict, optional
             JSON-serialisable values stored under the ``lmadda`` attribute.
-        window : (float, float)
-            Display range of every channel (e.g. the model's ``target_range``).
+        window : (float, float) or list of (float, float)
+            Display range of every channel, or one per channel (the model's stain ranges).
 
         Returns
         -------

@@ -311,11 +311,19 @@ def evaluate_folders(
     threshold: float | None = None,
     normalize: str | None = None,
     stop_on_error: bool = False,
+    channel: str | None = None,
 ) -> dict[str, Any]:
     """Compare every prediction file with the ground-truth file of the same name.
 
-    Files are matched by name without suffix (case-sensitive); each 2D plane is one image
-    (multi-plane files give ``name[k]`` entries). Intensities are compared raw unless
+    Files are matched by name without suffix (case-sensitive); a prediction named
+    ``<stem>_pred`` (as ``lmadda predict`` writes them) pairs with the truth ``<stem>``. Each
+    2D plane is one image (multi-plane files give ``name[k]`` entries).
+
+    A prediction holding several named channels (``lmadda predict``'s files hold every
+    stain) is compared through one of them: ``channel``, else the channel named like the
+    truth folder (``bf_truth/dapi`` -> ``DAPI``, case-insensitive), else every plane when
+    both files hold as many planes; otherwise the pair is refused with a message naming the
+    channels. Intensities are compared raw unless
     ``normalize='percentile'``, which percentile-normalises both images of a pair before
     SSIM/PSNR (Pearson does not depend on it).
 
@@ -342,12 +350,15 @@ def evaluate_folders(
     stop_on_error : bool
         Raise on the first unreadable or mismatched pair; by default such a pair is skipped
         with an :class:`~napari_lmadda.data.io.ImageWarning` and listed in ``skipped``.
+    channel : str, optional
+        The prediction channel to score (by name, case-insensitive).
 
     Returns
     -------
     dict
         :func:`summarize`'s keys plus ``names``, ``pred_dir``, ``truth_dir``, ``threshold``,
-        ``normalize`` and ``unmatched`` (``{"pred": [...], "truth": [...]}`` file names).
+        ``normalize``, ``channel`` (the prediction channel scored, None when files are
+        compared plane by plane) and ``unmatched`` (``{"pred": [...], "truth": [...]}``).
 
     Raises
     ------
@@ -366,11 +377,17 @@ def evaluate_folders(
     unknown = [m for m in metrics if m not in AVAILABLE_METRICS]
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown}; choose from {list(AVAILABLE_METRICS)}")
+    if threshold is not None and not (isinstance(threshold, int | float)
+                                      and math.isfinite(threshold)):
+        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
     if normalize not in (None, "none", "percentile"):
         raise ConfigError(f"normalize must be None or 'percentile', got {normalize!r}")
-    pred_map = _stem_map(list_images(pred_dir), pred_dir)
+    pred_map = _pair_prediction_names(_stem_map(list_images(pred_dir), pred_dir),
+                                      _stem_map(list_images(truth_dir), truth_dir))
     truth_map = _stem_map(list_images(truth_dir), truth_dir)
     common = [s for s in pred_map if s in truth_map]
+    truth_name = Path(truth_dir).name if Path(truth_dir).is_dir() else Path(truth_dir).parent.name
+    chosen: list[str | None] = []
     if not common:
         raise EmptyFolderError(
             f"no prediction in '{pred_dir}' has a ground-truth file of the same name in "
@@ -387,6 +404,7 @@ def evaluate_folders(
         pp, tp = pred_map[stem], truth_map[stem]
         try:
             p_planes, t_planes = read_planes(pp), read_planes(tp)
+            p_planes, picked = _select_channel(pp, p_planes, t_planes, truth_name, channel)
             if len(p_planes) != len(t_planes) or any(
                 a.shape != b.shape for a, b in zip(p_planes, t_planes)
             ):
@@ -401,6 +419,7 @@ def evaluate_folders(
             warnings.warn(f"skipped '{stem}': {exc}", ImageWarning, stacklevel=2)
             skipped.append((stem, str(exc)))
             continue
+        chosen.append(picked)
         mask_like = mask_like and all(_is_mask_like(b) for b in t_planes)
         for k, (a, b) in enumerate(zip(p_planes, t_planes)):
             names.append(pp.name if len(p_planes) == 1 else f"{pp.name}[{k}]")
@@ -457,6 +476,7 @@ def evaluate_folders(
         truth_dir=str(truth_dir),
         threshold=used_threshold,
         normalize=normalize if normalize != "none" else None,
+        channel=chosen[0] if chosen and len(set(chosen)) == 1 else (chosen or None),
         skipped=[{"name": n, "reason": r} for n, r in skipped],
         unmatched={
             "pred": [p.name for s, p in pred_map.items() if s not in paired],
@@ -464,6 +484,61 @@ def evaluate_folders(
         },
     )
     return result
+
+
+def _pair_prediction_names(preds: dict[str, Path], truths: dict[str, Path]) -> dict[str, Path]:
+    """Key predictions by their truth's stem: ``<stem>_pred`` pairs with ``<stem>``."""
+    out: dict[str, Path] = {}
+    for stem, path in preds.items():
+        key = stem
+        if stem not in truths and stem.endswith("_pred") and stem[:-5] in truths:
+            key = stem[:-5]
+        if key not in out or key == stem:  # an exact name wins over a "_pred" one
+            out[key] = path
+    return out
+
+
+def _select_channel(pred: Path, p_planes: list[np.ndarray], t_planes: list[np.ndarray],
+                    truth_name: str, channel: str | None
+                    ) -> tuple[list[np.ndarray], str | None]:
+    """The planes of one named channel of a prediction file (see :func:`evaluate_folders`).
+
+    Raises
+    ------
+    ConfigError
+        No channel can be chosen (a choice for the user, not a damaged pair).
+    """
+    from ..data.io import read_tiff_metadata
+    from ..errors import LmaddaError
+
+    try:
+        names = read_tiff_metadata(pred).get("channels")
+    except LmaddaError:
+        names = None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+            and len(p_planes) % len(names) == 0):
+        if channel is not None:
+            raise ConfigError(f"prediction '{pred}' names no channels, so channel "
+                                 f"'{channel}' cannot be chosen")
+        return p_planes, None
+    n = len(names)
+    lower = [name.lower() for name in names]
+    if channel is not None:
+        if channel.lower() not in lower:
+            raise ConfigError(f"prediction '{pred}' has no channel '{channel}' (it holds "
+                                 f"{', '.join(names)})")
+        index = lower.index(channel.lower())
+    elif truth_name.lower() in lower:
+        index = lower.index(truth_name.lower())
+    elif n == 1:
+        index = 0
+    elif len(p_planes) == len(t_planes):
+        return p_planes, None  # every channel against every truth plane
+    else:
+        raise ConfigError(
+            f"prediction '{pred}' holds the channels {', '.join(names)} and the truth folder "
+            f"'{truth_name}' is named after none of them: choose one with --channel")
+    return p_planes[index::n], names[index]
 
 
 def _fmt(v: Any) -> str:

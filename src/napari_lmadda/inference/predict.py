@@ -30,7 +30,14 @@ __all__ = [
     "output_path",
     "output_paths",
     "output_to_stain",
+    "target_norm",
+    "prediction_bytes",
     "FolderReport",
+    "check_out_folder",
+    "is_prediction_file",
+    "drop_predictions",
+    "prediction_metadata",
+    "write_prediction",
     "tile_starts",
     "blend_window",
     "TileGrid",
@@ -153,10 +160,41 @@ def autocast(device, amp: str = "off"):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def target_norm(model: Any):
+    """The model's :class:`~napari_lmadda.data.normalize.TargetNorm` (how outputs map to stains).
+
+    Raises
+    ------
+    ConfigError
+        The model's metadata holds no valid target range for its output channels.
+    """
+    from ..data.normalize import TargetNorm
+
+    cout = int(model.config.out_channels)
+    return TargetNorm.from_meta(getattr(model, "meta", {}) or {}, cout)
+
+
 def output_to_stain(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Map the network's tanh output [-1, 1] to stain units (``meta['target_range']``)."""
-    lo, hi = meta.get("target_range", (0.0, 1.0))
-    return (lo + (np.asarray(y, np.float32) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
+    """Map the network's tanh output ``(C, ...)`` in [-1, 1] to stain units (the model's meta)."""
+    from ..data.normalize import TargetNorm
+
+    y = np.asarray(y, np.float32)
+    channels = y.shape[0] if y.ndim >= 3 else 1
+    arr = y if y.ndim >= 3 else y[None]
+    out = TargetNorm.from_meta(meta, channels).decode(arr, axis=0)
+    return out if y.ndim >= 3 else out[0]
+
+
+def prediction_bytes(shape: tuple[int, int], channels: int, min_size: int = 1,
+                     in_channels: int = 1) -> int:
+    """Memory :func:`predict_image` needs for an ``(H, W)`` image: input copy, padding, output.
+
+    The float32 normalised input (``in_channels`` planes), its padded copy, the ``(C, H, W)``
+    accumulator and the weight map (all padded to a multiple of ``min_size``).
+    """
+    h, w = (-(-int(n) // min_size) * min_size for n in shape)
+    cin = int(in_channels)
+    return 4 * (cin * int(shape[0]) * int(shape[1]) + h * w * (cin + 1 + int(channels)))
 
 
 def predict_image(
@@ -204,6 +242,8 @@ def predict_image(
     import torch
 
     from ..data.normalize import model_percentiles, percentile_normalize
+    from ..devices import resolve_device
+    from ..memory import fmt_bytes, memory_budget
 
     img = np.asarray(image)
     cin = int(getattr(getattr(model, "config", None), "in_channels", 1))
@@ -214,10 +254,27 @@ def predict_image(
     else:
         _check_grey_model(model)
         planes = [img]
+    if img.dtype.kind not in "biuf":
+        raise ConfigError(f"cannot predict an image of dtype {img.dtype}")
     if tile < 1 or overlap < 0 or batch_size < 1:
         raise ConfigError("tile and batch_size must be >= 1 and overlap >= 0")
     if amp not in AMP_MODES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    cout = model.config.out_channels
+    hw = img.shape[-2:]
+    need = prediction_bytes(hw, cout, model.min_size, in_channels=len(planes))
+    budget = memory_budget()
+    if need > budget:
+        h, w = hw
+        raise ConfigError(
+            f"predicting a {h}x{w} image needs {fmt_bytes(need)} of memory, more than the "
+            f"{fmt_bytes(budget)} available for one image (LMADDA_MEMORY_BUDGET): use "
+            "napari_lmadda.inference.predict_dask.predict_lazy (chunked, e.g. into Zarr) or "
+            "lmadda predict --format ome-zarr"
+        )
+    norm_out = target_norm(model) if to_stain else None
+    # a device string as the user typed it: one clear message for cuda:3 on a 1-GPU machine
+    dev = resolve_device(device) if device else next(model.parameters()).device
     meta = getattr(model, "meta", {}) or {}
     if normalize:
         p_low, p_high = model_percentiles(meta)
@@ -230,10 +287,8 @@ def predict_image(
     ph, pw, th, tw = grid.padded_height, grid.padded_width, grid.tile_height, grid.tile_width
     if (ph, pw) != (h, w):
         x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), mode=grid.pad_mode)
-    dev = torch.device(device) if device else next(model.parameters()).device
     modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
-    cout = model.config.out_channels
     acc = np.zeros((cout, ph, pw), np.float32)
     wsum = np.zeros((ph, pw), np.float32)
     win = grid.window()
@@ -256,13 +311,13 @@ def predict_image(
     y = acc[:, :h, :w]
     y /= wsum[None, :h, :w]
     del wsum
-    if to_stain:
-        lo, hi = meta.get("target_range", (0.0, 1.0))
-        y += 1.0  # the operations of output_to_stain, in place
-        y *= 0.5
-        y *= hi - lo
-        y += lo
-    return np.ascontiguousarray(y)
+    y = np.ascontiguousarray(y)
+    if norm_out is not None:
+        # TargetNorm.decode in bands of rows: its float64 temporaries stay small
+        band = max(1, (1 << 20) // max(1, w))
+        for r in range(0, h, band):
+            y[:, r : r + band] = norm_out.decode(y[:, r : r + band], axis=0)
+    return y
 
 
 def _check_grey_model(model) -> None:
@@ -336,17 +391,115 @@ def output_path(
     return Path(out_dir) / f"{stem}{suffix}"
 
 
+def check_out_folder(images: str | os.PathLike, out_dir: str | os.PathLike,
+                     names: tuple[str, str] = ("the output folder", "the input folder")) -> None:
+    """Refuse an output folder equal to, or inside, the folder of input images.
+
+    Outputs there would mix with the inputs (and be read as inputs by the next run).
+
+    Raises
+    ------
+    ConfigError
+        One line naming both folders.
+    """
+    imgs = Path(images).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    if imgs.is_dir() and (out == imgs or imgs in out.parents):
+        raise ConfigError(
+            f"{names[0]} '{out_dir}' is {'the same as' if out == imgs else 'inside'} "
+            f"{names[1]} '{images}' (inside it, outputs would mix with the inputs); choose "
+            "a folder outside it"
+        )
+
+
+def is_prediction_file(path: str | os.PathLike) -> bool:
+    """Whether an image file is a napari-lmadda prediction or trust map (by its metadata).
+
+    The metadata, not the name, decides: a renamed prediction is still recognised.
+    """
+    from ..data.io import TIFF_SUFFIXES, read_tiff_metadata
+
+    p = Path(path)
+    if p.suffix.lower() not in TIFF_SUFFIXES or not p.is_file():
+        return False
+    try:
+        md = read_tiff_metadata(p)
+    except LmaddaError:
+        return False
+    return isinstance(md, dict) and {"source_image", "channels", "model"} <= set(md)
+
+
+def drop_predictions(files: Sequence[Path], where: str | os.PathLike) -> list[Path]:
+    """``files`` without the project's own predictions, with one warning naming them."""
+    from ..data.io import ImageWarning
+
+    own = [f for f in files if is_prediction_file(f)]
+    if own:
+        warnings.warn(
+            f"ignored {len(own)} file(s) in '{where}' that are napari-lmadda predictions, not "
+            f"images to predict (e.g. '{own[0].name}')", ImageWarning, stacklevel=1)
+    return [f for f in files if f not in own]
+
+
+def prediction_metadata(model, source: Path | str, axes: str,
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON metadata of a prediction file: source, channels, units, model provenance.
+
+    ``units`` says whether values are in the training targets' own units (``target``) or
+    per-image normalised ones (``normalised``, a model trained with per-image target
+    normalisation); ``target_range`` and ``target_norm`` say how they were decoded.
+    """
+    meta = getattr(model, "meta", {}) or {}
+    cout = int(model.config.out_channels)
+    norm = target_norm(model)
+    return {
+        # a path gives its file name; a str is the name itself (an HCS field: plate/A/1/0)
+        "source_image": source.name if isinstance(source, Path) else str(source),
+        "channels": list(meta.get("channel_names") or [f"channel{i}" for i in range(cout)]),
+        "axes": axes,
+        "units": norm.units,
+        **norm.to_meta(),
+        "model": meta.get("provenance", {}),
+        **(extra or {}),
+    }
+
+
+def write_prediction(model, target: Path, arr: np.ndarray, source: Path | str, *,
+                     overwrite: bool = False, metadata: dict[str, Any] | None = None,
+                     pixel_size: dict[str, Any] | None = None) -> Path:
+    """Write a ``(C, Y, X)`` or ``(Z, C, Y, X)`` prediction as a calibrated ImageJ hyperstack.
+
+    Channels are named after the model's markers, with the model's stain range as display
+    range; ``pixel_size`` (the input's, :func:`~napari_lmadda.data.io.read_pixel_size`) is
+    kept so Fiji opens the stain calibrated like its input.
+    """
+    from ..data.io import write_tiff
+
+    axes = "CYX" if arr.ndim == 3 else "ZCYX"
+    md = prediction_metadata(model, source, axes, metadata)
+    norm = target_norm(model)
+    return write_tiff(target, arr, metadata=md, overwrite=overwrite, axes=axes,
+                      channel_names=md["channels"], pixel_size=pixel_size,
+                      ranges=list(zip(norm.lo, norm.hi)))
+
+
 @dataclass
 class FolderReport:
-    """What :func:`predict_folder` did: files written, skipped (with why), and time."""
+    """What :func:`predict_folder` did: files written, kept, skipped (with why), and time.
+
+    ``kept`` lists complete outputs of an earlier run left as they were (``skip_existing``).
+    """
 
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    kept: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
         """One paragraph for the terminal."""
         s = f"wrote {len(self.written)} file(s) in {self.seconds:.1f} s"
+        if self.kept:
+            s += f"; kept {len(self.kept)} complete output(s) of an earlier run"
         if self.skipped:
             s += f"; skipped {len(self.skipped)}:" + "".join(
                 f"\n  {p.name}: {why}" for p, why in self.skipped
@@ -360,6 +513,7 @@ def iter_predict_folder(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    skip_existing: bool = False,
     stop_on_error: bool = False,
     metadata: dict[str, Any] | None = None,
     **kwargs: Any,
@@ -368,23 +522,31 @@ def iter_predict_folder(
 
     The last value sent back through ``StopIteration.value`` is the :class:`FolderReport`.
     A file that cannot be read, predicted or written is skipped with an :class:`ImageWarning`
-    naming it (unless ``stop_on_error``); outputs are named by :func:`output_paths`.
+    naming it (unless ``stop_on_error``); outputs are named by :func:`output_paths`. The
+    project's own predictions among the inputs are ignored (:func:`is_prediction_file`);
+    ``out_dir`` may not be inside ``images``; with ``skip_existing`` complete outputs of an
+    earlier (interrupted) run are kept and only the missing ones computed.
     """
-    from ..data.io import ImageWarning, list_images, read_planes, write_tiff
+    from ..data.io import ImageWarning, list_images, read_pixel_size, read_planes
 
     t0 = time.perf_counter()
     _check_grey_model(model)
-    files = list_images(images)
+    if overwrite and skip_existing:
+        raise ConfigError("overwrite and skip_existing exclude each other")
+    check_out_folder(images, out_dir)
+    files = drop_predictions(list_images(images), images)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LmaddaError(f"cannot create output folder '{out}': {exc.strerror or exc}") from None
-    meta = getattr(model, "meta", {}) or {}
-    names = meta.get("channel_names") or [f"channel{i}" for i in range(model.config.out_channels)]
     report = FolderReport()
     targets = output_paths(files, out)
     for i, (path, target) in enumerate(zip(files, targets), 1):
+        if skip_existing and target.exists():
+            report.kept.append(target)
+            yield i, len(files), path
+            continue
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -392,14 +554,9 @@ def iter_predict_folder(
                 preds = np.stack([predict_image(model, p, **kwargs) for p in planes])  # ZCHW
             _warn_once_named(caught, path)
             arr = preds[0] if len(planes) == 1 else preds
-            md = {
-                "source_image": path.name,
-                "channels": list(names),
-                "axes": "CYX" if arr.ndim == 3 else "ZCYX",
-                "model": meta.get("provenance", {}),
-                **(metadata or {}),
-            }
-            report.written.append(write_tiff(target, arr, metadata=md, overwrite=overwrite))
+            report.written.append(write_prediction(
+                model, target, arr, path, overwrite=overwrite, metadata=metadata,
+                pixel_size=read_pixel_size(path)))
         except LmaddaError as exc:
             if stop_on_error:
                 raise

@@ -41,7 +41,20 @@ import numpy as np
 
 from ..data.normalize import model_percentiles
 from ..errors import ConfigError, LmaddaError
-from .predict import AMP_MODES, FolderReport, _check_grey_model, autocast, blend_window, tile_grid
+from ..memory import memory_budget
+from .predict import (
+    AMP_MODES,
+    FolderReport,
+    _check_grey_model,
+    autocast,
+    blend_window,
+    check_out_folder,
+    drop_predictions,
+    prediction_metadata,
+    target_norm,
+    tile_grid,
+    write_prediction,
+)
 
 __all__ = [
     "LAZY_PIXELS",
@@ -145,9 +158,13 @@ def _blend_block(
     parts: list[tuple[np.ndarray, int, int, int]],
     tile_shape: tuple[int, int, int],
     cout: int,
-    stain: tuple[float, float] | None,
+    stain: Any,
 ) -> np.ndarray:
-    """One output chunk: the weighted mean of the tiles over it (as in ``predict_image``)."""
+    """One output chunk: the weighted mean of the tiles over it (as in ``predict_image``).
+
+    ``stain`` is the model's :class:`~napari_lmadda.data.normalize.TargetNorm` (decode to
+    stain units) or None (network units).
+    """
     y0, y1, x0, x1 = box
     th, tw, overlap = tile_shape
     win = _window(th, tw, overlap)
@@ -163,11 +180,7 @@ def _blend_block(
         wsum[dst] += w
     acc /= wsum[None]
     if stain is not None:
-        lo, hi = stain
-        acc += 1.0  # the operations of output_to_stain, in predict_image's order
-        acc *= 0.5
-        acc *= hi - lo
-        acc += lo
+        acc = stain.decode(acc, axis=0)  # elementwise: equal to predict_image's decoding
     return acc
 
 
@@ -180,7 +193,7 @@ def _whole_plane_task(
     model: Any,
     amp: str,
     device: str | None,
-    stain: tuple[float, float] | None,
+    stain: Any,
     cout: int,
 ) -> tuple[np.ndarray, list]:
     """Read, normalise, predict and blend a whole (small) plane: the tasks above, in a row.
@@ -239,6 +252,7 @@ class _Plane:
     lead: tuple[int, ...] = ()
     tiff: str | None = None
     array: Any = None
+    read_bytes: int = 0  # memory one read task takes (the whole plane, or a few chunks)
 
     def __post_init__(self) -> None:
         if self.read is not None:  # one read task, shared by every region of the plane
@@ -301,7 +315,11 @@ def _file_planes(path: Path) -> list[_Plane]:
     if is_zarr_image(path):
         z, _, _ = open_zarr_array(path)
         shape = (int(z.shape[-2]), int(z.shape[-1]))
-        return [_Plane(shape, zarr=z, lead=idx) for idx in np.ndindex(*z.shape[:-2])]
+        chunks = getattr(z, "chunks", None) or z.shape
+        # a region read decodes the chunks under it: a few of them at a time
+        cost = 4 * int(np.prod(chunks[-2:])) * np.dtype(z.dtype).itemsize
+        return [_Plane(shape, zarr=z, lead=idx, read_bytes=cost)
+                for idx in np.ndindex(*z.shape[:-2])]
     info = probe_image(path)
     if (
         path.suffix.lower() in TIFF_SUFFIXES
@@ -312,8 +330,10 @@ def _file_planes(path: Path) -> list[_Plane]:
         and int(np.prod(info.plane_shape(0))) >= LAZY_PIXELS
         and zarr_available()  # tifffile reads regions through a Zarr store
     ):
-        return [_Plane(info.plane_shape(0), tiff=str(path))]
-    return [_Plane(info.plane_shape(i), read=(str(path), i)) for i in range(info.n_planes)]
+        cost = 4 * info.series[0].chunk_bytes  # a region read decodes a few tiles or strips
+        return [_Plane(info.plane_shape(0), tiff=str(path), read_bytes=cost)]
+    return [_Plane(info.plane_shape(i), read=(str(path), i), read_bytes=info.plane_read_bytes(i))
+            for i in range(info.n_planes)]
 
 
 def _second(pair: tuple[Any, Any]) -> Any:
@@ -321,6 +341,60 @@ def _second(pair: tuple[Any, Any]) -> Any:
 
 
 # ------------------------------------------------------------------ the lazy prediction
+@dataclass
+class _Plan:
+    """How one plane is cut: the tile grid and the groups of tiles run as one forward pass.
+
+    ``groups[i] = (r, cols, (r0, r1, c0, c1), rows, col_indices)``: tile row ``r`` (padded
+    coordinates), the tiles' column starts, the input region they read and the indices of
+    their pixels inside it (reflect padding included).
+    """
+
+    grid: Any
+    groups: list[tuple[int, list[int], tuple[int, int, int, int], np.ndarray, list]]
+    cout: int
+    stain: Any
+    percentiles: tuple[float, float] | None
+
+    @property
+    def tile_shape(self) -> tuple[int, int, int]:
+        return (self.grid.tile_height, self.grid.tile_width, self.grid.overlap)
+
+    def over_rows(self, y0: int, y1: int) -> list[int]:
+        """Indices of the groups whose tiles cover output rows ``y0 .. y1``."""
+        th = self.grid.tile_height
+        return [i for i, g in enumerate(self.groups) if g[0] < y1 and g[0] + th > y0]
+
+    def parts(self, outs: Any, rows: list[int], x0: int, x1: int) -> list:
+        """``(prediction, k, r, c)`` of the tiles of groups ``rows`` over columns ``x0 .. x1``."""
+        tw = self.grid.tile_width
+        return [(outs[i], k, self.groups[i][0], c) for i in rows
+                for k, c in enumerate(self.groups[i][1]) if c < x1 and c + tw > x0]
+
+
+def _plan(model: Any, shape: tuple[int, int], *, tile: int, overlap: int, batch_size: int,
+          normalize: bool, to_stain: bool) -> _Plan:
+    meta = getattr(model, "meta", {}) or {}
+    grid = tile_grid(shape, model.min_size, tile, overlap)
+    th, tw = grid.tile_height, grid.tile_width
+    rmap, cmap = grid.source_index(0), grid.source_index(1)
+    percentiles = model_percentiles(meta) if normalize else None
+    # groups of up to batch_size neighbouring tiles of one tile row: one forward pass each
+    groups: list[tuple[int, list[int], tuple[int, int, int, int], np.ndarray, list]] = []
+    for r in sorted({r for r, _ in grid.coords}):
+        row_cols = [c for rr, c in grid.coords if rr == r]
+        rows = rmap[r : r + th]
+        r0, r1 = int(rows.min()), int(rows.max()) + 1
+        for i in range(0, len(row_cols), batch_size):
+            part = row_cols[i : i + batch_size]
+            cols = [cmap[c : c + tw] for c in part]
+            c0 = int(min(c.min() for c in cols))
+            c1 = int(max(c.max() for c in cols)) + 1
+            groups.append((r, part, (r0, r1, c0, c1), rows - r0, [c - c0 for c in cols]))
+    return _Plan(grid, groups, int(model.config.out_channels),
+                 target_norm(model) if to_stain else None, percentiles)
+
+
 def _lazy_prediction(
     model: Any,
     model_ref: Any,
@@ -338,29 +412,11 @@ def _lazy_prediction(
     """Return the output blocks of one plane and the delayed warnings of making them."""
     import dask
 
-    meta = getattr(model, "meta", {}) or {}
-    grid = tile_grid(plane.shape, model.min_size, tile, overlap)
-    th, tw = grid.tile_height, grid.tile_width
-    rmap, cmap = grid.source_index(0), grid.source_index(1)
-    cout = int(model.config.out_channels)
+    plan = _plan(model, plane.shape, tile=tile, overlap=overlap, batch_size=batch_size,
+                 normalize=normalize, to_stain=to_stain)
+    cout, stain, percentiles, specs = plan.cout, plan.stain, plan.percentiles, plan.groups
     h, w = plane.shape
-    stain = tuple(float(v) for v in meta.get("target_range", (0.0, 1.0))) if to_stain else None
-    percentiles = None
-    if normalize:
-        percentiles = model_percentiles(meta)
-    # groups of up to batch_size neighbouring tiles of one tile row: one forward pass each
-    specs: list[tuple[int, list[int], tuple[int, int, int, int], np.ndarray, list]] = []
-    for r in sorted({r for r, _ in grid.coords}):
-        row_cols = [c for rr, c in grid.coords if rr == r]
-        rows = rmap[r : r + th]
-        r0, r1 = int(rows.min()), int(rows.max()) + 1
-        for i in range(0, len(row_cols), batch_size):
-            part = row_cols[i : i + batch_size]
-            cols = [cmap[c : c + tw] for c in part]
-            c0 = int(min(c.min() for c in cols))
-            c1 = int(max(c.max() for c in cols)) + 1
-            specs.append((r, part, (r0, r1, c0, c1), rows - r0, [c - c0 for c in cols]))
-    tile_shape = (th, tw, grid.overlap)
+    tile_shape = plan.tile_shape
     if plane.whole is not None and h <= chunk and w <= chunk and h * w <= NORM_SAMPLE_PIXELS:
         # one output chunk: the whole plane in one task, reading included (a folder of small
         # images pays the scheduling overhead and data transfers once per image)
@@ -375,23 +431,18 @@ def _lazy_prediction(
     if percentiles is not None:
         norm = dask.delayed(_norm_task, pure=False)(plane.sample(NORM_SAMPLE_PIXELS),
                                                     *percentiles)
-    groups = []
-    for r, part, (r0, r1, c0, c1), rows, cols in specs:
-        out = dask.delayed(_predict_tiles, pure=False)(
-            plane.region(r0, r1, c0, c1), rows, cols, norm, model_ref, amp, device
-        )
-        groups.append((out, r, part))
+    outs = [dask.delayed(_predict_tiles, pure=False)(
+        plane.region(r0, r1, c0, c1), rows, cols, norm, model_ref, amp, device)
+        for _, _, (r0, r1, c0, c1), rows, cols in specs]
     block_rows = []
     for y0 in range(0, h, chunk):
         y1 = min(y0 + chunk, h)
-        row_groups = [g for g in groups if g[1] < y1 and g[1] + th > y0]
+        over = plan.over_rows(y0, y1)
         blocks = []
         for x0 in range(0, w, chunk):
             x1 = min(x0 + chunk, w)
-            parts = [(out, k, r, c) for out, r, part in row_groups
-                     for k, c in enumerate(part) if c < x1 and c + tw > x0]
             block = dask.delayed(_blend_block, pure=False)(
-                (y0, y1, x0, x1), parts, tile_shape, cout, stain
+                (y0, y1, x0, x1), plan.parts(outs, over, x0, x1), tile_shape, cout, stain
             )
             blocks.append((block, (cout, y1 - y0, x1 - x0)))
         block_rows.append(blocks)
@@ -399,6 +450,54 @@ def _lazy_prediction(
     if norm is not None:
         messages[-1] = dask.delayed(_second, pure=False)(norm)
     return _Blocks(block_rows), messages
+
+
+def _band_bytes(plan: _Plan, width: int, chunk: int) -> int:
+    """Memory of streaming one band of output rows: the band and the tiles over it."""
+    th, tw, _ = plan.tile_shape
+    band = plan.cout * min(chunk, plan.grid.height) * width * 4
+    tiles = plan.cout * (min(chunk, plan.grid.height) + 2 * th) * (width + 2 * tw) * 4
+    return 2 * band + tiles  # the band's blocks and the band they are joined into
+
+
+def _stream_plane(runner: DaskRunner, model: Any, model_ref: Any, plane: _Plane, store: Any,
+                  lead: tuple[int, ...], *, chunk: int, amp: str, device: str | None,
+                  **plan_kw: Any) -> list:
+    """Predict one (large) plane band of ``chunk`` rows by band into ``store[:, *lead]``.
+
+    Each band's tile groups run as dask tasks; tiles that also cover the next band are kept
+    for it (computed once), the others dropped, and the blended band is written before the
+    next one starts, so memory holds one band and its tiles whatever the plane's size.
+    Returns the warnings of the normalisation.
+    """
+    import dask
+
+    plan = _plan(model, plane.shape, **plan_kw)
+    h, w = plane.shape
+    th = plan.grid.tile_height
+    norm, messages = None, []
+    if plan.percentiles is not None:
+        norm = runner.compute([dask.delayed(_norm_task, pure=False)(
+            plane.sample(NORM_SAMPLE_PIXELS), *plan.percentiles)])[0]
+        messages = norm[1]
+    done: dict[int, np.ndarray] = {}
+    for y0 in range(0, h, chunk):
+        y1 = min(y0 + chunk, h)
+        over = plan.over_rows(y0, y1)
+        todo = [i for i in over if i not in done]
+        values = [dask.delayed(_predict_tiles, pure=False)(
+            plane.region(*plan.groups[i][2]), plan.groups[i][3], plan.groups[i][4], norm,
+            model_ref, amp, device) for i in todo]
+        done.update(zip(todo, runner.compute(values)))
+        starts = range(0, w, chunk)
+        blocks = runner.compute([dask.delayed(_blend_block, pure=False)(
+            (y0, y1, x0, min(x0 + chunk, w)), plan.parts(done, over, x0, min(x0 + chunk, w)),
+            plan.tile_shape, plan.cout, plan.stain) for x0 in starts])
+        store[(slice(None), *lead, slice(y0, y1), slice(None))] = np.concatenate(blocks, axis=2)
+        del blocks
+        for i in [i for i in done if plan.groups[i][0] + th <= y1]:
+            del done[i]  # no later band needs these tiles
+    return messages
 
 
 @dataclass
@@ -500,6 +599,7 @@ class DaskRunner:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         self.client = None
         self._own_client = False
+        self._pool = None
         self.scheduler = scheduler
         self.workers = workers
         if isinstance(scheduler, str) and scheduler in SCHEDULERS:
@@ -537,9 +637,24 @@ class DaskRunner:
         if self.client is not None:
             return list(self.client.compute(list(values), sync=True))
         kw: dict[str, Any] = {"scheduler": self.scheduler}
-        if self.scheduler == "threads" and self.workers:
-            kw["num_workers"] = self.workers
-        return list(dask.compute(*values, **kw))
+        if self.scheduler == "threads":
+            # our own pool: after an interrupt, the tasks still running are waited for
+            # (they write into temporary outputs that are removed next)
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.nthreads, thread_name_prefix="lmadda")
+            kw["pool"] = self._pool
+        try:
+            return list(dask.compute(*values, **kw))
+        except BaseException:
+            self._stop_pool()
+            raise
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -552,7 +667,8 @@ class DaskRunner:
         return f"dask threaded scheduler, {self.nthreads} thread(s)"
 
     def close(self) -> None:
-        """Disconnect from a cluster this runner connected to."""
+        """Stop the local thread pool; disconnect from a cluster this runner connected to."""
+        self._stop_pool()
         if self.client is not None and self._own_client:
             self.client.close()
             self.client = None
@@ -604,7 +720,7 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
     Returns
     -------
     list of Path
-        The inputs.
+        The inputs; the project's own predictions in a folder are left out (with a warning).
     """
     from ..data.io import EmptyFolderError, _natural_key, list_images
     from ..data.zarr_io import is_zarr_image, zarr_inputs, zarr_stem
@@ -616,12 +732,15 @@ def list_inputs(images: str | os.PathLike[str]) -> list[Path]:
         return list_images(root)
     zarrs = [f for p in root.iterdir() if not p.name.startswith(".") and is_zarr_image(p)
              for f in zarr_inputs(p)]
-    if not zarrs:
-        return list_images(root)
     try:
         files = list_images(root)
     except EmptyFolderError:
+        if not zarrs:
+            raise
         files = []
+    files = drop_predictions(files, root)
+    if not files and not zarrs:
+        raise EmptyFolderError(f"no images in '{root}' other than napari-lmadda predictions")
     return sorted([*files, *zarrs],
                   key=lambda p: _natural_key(zarr_stem(p) if is_zarr_image(p) else p.name))
 
@@ -659,6 +778,9 @@ class _Job:
     error: LmaddaError | None = None
     result: Any = None
     messages: list = field(default_factory=list)
+    nbytes: int = 0  # memory the job takes while computed
+    stream: list | None = None  # planes predicted band by band into ``writer``
+    kept: bool = False  # a complete output of an earlier run, left as it is
 
 
 def _emit(messages: list[tuple[type, str]], path: Path) -> None:
@@ -681,6 +803,7 @@ def iter_predict_folder_dask(
     workers: int | None = None,
     out_format: str = "tiff",
     overwrite: bool = False,
+    skip_existing: bool = False,
     stop_on_error: bool = False,
     metadata: dict[str, Any] | None = None,
     window: int | None = None,
@@ -715,8 +838,9 @@ def iter_predict_folder_dask(
         Threads of the local threaded scheduler.
     out_format : {"tiff", "ome-zarr"}
         Output format.
-    overwrite, stop_on_error, metadata
-        As for :func:`~napari_lmadda.inference.predict.iter_predict_folder`.
+    overwrite, skip_existing, stop_on_error, metadata
+        As for :func:`~napari_lmadda.inference.predict.iter_predict_folder` (with
+        ``skip_existing`` the outputs already complete are kept, the others computed).
     window : int, optional
         Images computed together (default: four per worker thread, at least 4), fewer when
         they hold :data:`WINDOW_PIXELS` pixels; bounds memory.
@@ -728,7 +852,7 @@ def iter_predict_folder_dask(
     import dask
     import dask.array as da
 
-    from ..data.io import ImageWarning, write_tiff
+    from ..data.io import ImageWarning, read_pixel_size
     from ..data.zarr_io import OmeZarrWriter, read_calibration, source_name
 
     t0 = time.perf_counter()
@@ -736,6 +860,9 @@ def iter_predict_folder_dask(
     _check_grey_model(model)
     if window is not None and window < 1:
         raise ConfigError(f"window must be >= 1, got {window}")
+    if overwrite and skip_existing:
+        raise ConfigError("overwrite and skip_existing exclude each other")
+    check_out_folder(images, out_dir)
     if out_format == "ome-zarr":
         from ..data.zarr_io import require_zarr
 
@@ -750,12 +877,16 @@ def iter_predict_folder_dask(
     meta = getattr(model, "meta", {}) or {}
     cout = int(model.config.out_channels)
     names = list(meta.get("channel_names") or [f"channel{i}" for i in range(cout)])
-    stain = tuple(meta.get("target_range", (0.0, 1.0)))
+    stain = target_norm(model)
     report = FolderReport()
-    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, chunk=chunk,
-                normalize=normalize, to_stain=True, amp=amp, device=device)
+    plan_kw = dict(tile=tile, overlap=overlap, batch_size=batch_size, normalize=normalize,
+                   to_stain=True)
+    opts = dict(plan_kw, chunk=chunk, amp=amp, device=device)
 
     def prepare(path: Path, target: Path, model_ref: Any) -> _Job:
+        writer = None
+        if skip_existing and target.exists():
+            return _Job(path, target, 0, None, kept=True)
         try:
             if target.exists() and not overwrite:
                 from ..errors import OutputExistsError
@@ -763,76 +894,115 @@ def iter_predict_folder_dask(
                 raise OutputExistsError(f"'{target}' already exists (pass overwrite=True to "
                                         "replace it)")
             planes = _file_planes(path)
+            budget = memory_budget()
+            need = _check_job_memory(path, planes, cout, out_format, chunk, budget,
+                                     lambda pl: _plan(model, pl.shape, **plan_kw))
             pixels = sum(pl.shape[0] * pl.shape[1] for pl in planes)
+            if out_format == "ome-zarr":
+                h, w = planes[0].shape
+                shape = (cout, h, w) if len(planes) == 1 else (cout, len(planes), h, w)
+                zchunks = (1, *([1] if len(shape) == 4 else []), chunk, chunk)
+                writer = OmeZarrWriter(target, shape, zchunks, names, overwrite=overwrite,
+                                       calibration=read_calibration(path))
+                if all(pl.read is None for pl in planes) and (
+                        3 * cout * h * w * 4 > budget or h * w >= LAZY_PIXELS):
+                    # too large to compute whole: band by band, straight into the store
+                    return _Job(path, target, len(planes), None, writer, pixels=pixels,
+                                nbytes=need, stream=planes)
             preds, msgs = [], []
             for plane in planes:
                 blocks, m = _lazy_prediction(model, model_ref, plane, **opts)
                 preds.append(blocks)
                 msgs.extend(m)
-            if out_format == "tiff":
+            if writer is None:
                 value = dask.delayed(_pack, pure=False)([b.assembled() for b in preds], msgs)
-                return _Job(path, target, len(planes), value, pixels=pixels)
+                return _Job(path, target, len(planes), value, pixels=pixels, nbytes=need)
             preds = [b.to_dask() for b in preds]
             stack = preds[0] if len(preds) == 1 else da.stack(preds, axis=1)  # C(Z)YX
-            zchunks = (1, *([1] if stack.ndim == 4 else []), chunk, chunk)
-            writer = OmeZarrWriter(target, stack.shape, zchunks, names, overwrite=overwrite,
-                                   calibration=read_calibration(path))
             stored = da.store(stack, writer.array, lock=False, compute=False)
             value = dask.delayed(_pack, pure=False)(stored, msgs)
-            return _Job(path, target, len(planes), value, writer, pixels=pixels)
+            return _Job(path, target, len(planes), value, writer, pixels=pixels, nbytes=need)
         except LmaddaError as exc:
+            if writer is not None:
+                writer.abort()
             return _Job(path, target, 0, None, error=exc)
+        except BaseException:
+            if writer is not None:  # e.g. MemoryError: never leave the temporary folder
+                writer.abort()
+            raise
 
     def finish(job: _Job) -> Path:
         _, msgs = job.result
         _emit([m for ms in msgs for m in ms], job.path)
         n = job.n_planes
-        md = {
-            "source_image": source_name(job.path),  # an HCS field: plate.ome.zarr/A/1/0
-            "channels": names,
-            "model": meta.get("provenance", {}),
-            **(metadata or {}),
-        }
+        pixel_size = read_pixel_size(job.path)
         if job.writer is not None:
-            md["axes"] = "CYX" if n == 1 else "CZYX"
-            return job.writer.commit(md, window=stain)
+            md = prediction_metadata(model, source_name(job.path), "CYX" if n == 1 else "CZYX",
+                                     metadata)
+            if pixel_size is not None:
+                md["pixel_size"] = pixel_size
+            return job.writer.commit(md, window=list(zip(stain.lo, stain.hi)))
         preds = job.result[0]
         arr = preds[0] if n == 1 else np.stack(preds)
-        md["axes"] = "CYX" if n == 1 else "ZCYX"
-        return write_tiff(job.target, arr, metadata=md, overwrite=overwrite)
+        return write_prediction(model, job.target, arr, source_name(job.path),
+                                overwrite=overwrite, metadata=metadata, pixel_size=pixel_size)
+
+    def settle(jobs: list[_Job]) -> Iterator[tuple[int, int, Path]]:
+        """Write (or skip) computed jobs, in order; yield progress after each."""
+        for job in jobs:
+            if job.kept:
+                report.kept.append(job.target)
+            elif job.error is None:
+                try:
+                    report.written.append(finish(job))
+                except LmaddaError as exc:
+                    job.error = exc
+            if job.error is not None:
+                if job.writer is not None:
+                    job.writer.abort()
+                if stop_on_error:
+                    raise job.error
+                report.skipped.append((job.path, str(job.error)))
+                warnings.warn(f"skipped '{job.path.name}': {job.error}", ImageWarning,
+                              stacklevel=3)
+            job.result = None  # free the image before the next one
+            progress[0] += 1
+            yield progress[0], len(inputs), job.path
 
     modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     pending: list[_Job] = []
+    progress = [0]
     try:
         with _runner(scheduler, workers) as runner:
             model_ref = runner.model_ref(model)
             size = window or max(4, 4 * runner.nthreads)
-            done = pixels = 0
+            pixels = nbytes = 0
             for i, (path, target) in enumerate(zip(inputs, targets)):
-                pending.append(prepare(path, target, model_ref))
-                pixels += pending[-1].pixels
-                if len(pending) < size and pixels < WINDOW_PIXELS and i + 1 < len(inputs):
+                job = prepare(path, target, model_ref)
+                if job.stream is not None:
+                    _compute_jobs(runner, [j for j in pending if j.value is not None])
+                    yield from settle(pending)
+                    pending, pixels, nbytes = [job], 0, 0  # aborted by `finally` if it fails
+                    try:
+                        msgs = [_stream_plane(runner, model, model_ref, pl, job.writer.array,
+                                              (z,) if job.n_planes > 1 else (), **opts)
+                                for z, pl in enumerate(job.stream)]
+                        job.result = (None, msgs)
+                    except LmaddaError as exc:
+                        job.error = exc
+                    yield from settle(pending)
+                    pending = []
                     continue
-                _compute_jobs(runner, [j for j in pending if j.error is None])
-                for job in pending:
-                    if job.error is None:
-                        try:
-                            report.written.append(finish(job))
-                        except LmaddaError as exc:
-                            job.error = exc
-                    if job.error is not None:
-                        if job.writer is not None:
-                            job.writer.abort()
-                        if stop_on_error:
-                            raise job.error
-                        report.skipped.append((job.path, str(job.error)))
-                        warnings.warn(f"skipped '{job.path.name}': {job.error}", ImageWarning,
-                                      stacklevel=2)
-                    job.result = None  # free the image before the next one
-                    done += 1
-                    yield done, len(inputs), job.path
-                pending, pixels = [], 0
+                pending.append(job)
+                pixels += job.pixels
+                nbytes += job.nbytes
+                if (len(pending) < size and pixels < WINDOW_PIXELS
+                        and nbytes < memory_budget() and i + 1 < len(inputs)):
+                    continue
+                _compute_jobs(runner, [j for j in pending if j.value is not None])
+                yield from settle(pending)
+                pending, pixels, nbytes = [], 0, 0
     finally:
         for job in pending:
             if job.writer is not None:
@@ -841,6 +1011,51 @@ def iter_predict_folder_dask(
             mod.training = mode
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_job_memory(path: Path, planes: list[_Plane], cout: int, out_format: str,
+                      chunk: int, budget: int, plan: Callable[[_Plane], _Plan]) -> int:
+    """Bytes predicting one input takes; refuse it (one line) when that exceeds ``budget``.
+
+    TIFF output holds the whole prediction; OME-Zarr output of a region-readable plane is
+    streamed band by band (one band and its tiles in memory); a plane that must be read
+    whole needs its input and its output.
+    """
+    from ..data.io import ImageReadError
+    from ..memory import fmt_bytes
+
+    h, w = planes[0].shape
+    out_plane = cout * h * w * 4
+    read = max(pl.read_bytes for pl in planes)
+    what = f"{cout}x{len(planes)}x{h}x{w}" if len(planes) > 1 else f"{cout}x{h}x{w}"
+    if read > budget:
+        raise ImageReadError(
+            f"'{path}' cannot be read in the memory available: a read needs "
+            f"{fmt_bytes(read)}, more than the {fmt_bytes(budget)} one image may use here "
+            "(LMADDA_MEMORY_BUDGET)")
+    if out_format == "tiff":
+        need = read + (len(planes) + 1) * out_plane
+        if need > budget:
+            raise LmaddaError(
+                f"'{path}': its prediction ({what} float32, {fmt_bytes(len(planes) * out_plane)})"
+                f" does not fit in the {fmt_bytes(budget)} of memory one image may use here as "
+                "one TIFF; --format ome-zarr writes it chunk by chunk")
+        return need
+    if all(pl.read is None for pl in planes):
+        need = read + _band_bytes(plan(planes[0]), w, chunk)
+        if need > budget:
+            raise LmaddaError(
+                f"'{path}': even one band of {chunk} rows of its prediction needs "
+                f"{fmt_bytes(need)}, more than the {fmt_bytes(budget)} available; try a "
+                "smaller --chunk")
+        return min(need + 2 * out_plane, read + 3 * out_plane)
+    need = read + 3 * out_plane
+    if need > budget:
+        raise LmaddaError(
+            f"'{path}': predicting it needs {fmt_bytes(need)} (its {what} float32 prediction"
+            f" and the image read whole), more than the {fmt_bytes(budget)} of memory one "
+            "image may use here")
+    return need
 
 
 def _compute_jobs(runner: DaskRunner, jobs: list[_Job]) -> None:

@@ -53,7 +53,7 @@ __all__ = [
     "load_bioimageio_tapped",
 ]
 
-CODE_FORMAT_VERSION = 3  # model files whose architecture is user code (see checkpoint.py)
+CODE_FORMAT_VERSION = 4  # model files whose architecture is user code (see checkpoint.py)
 _PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 
 
@@ -305,12 +305,13 @@ def stored_arch(path: str | os.PathLike) -> dict[str, Any]:
     reference ``arch`` (``kind``, ``source``, ``class``, ``kwargs``, ``sha256``) that
     :func:`arch_hint` turns into the options to give, e.g. to prefill a GUI's form.
     """
-    from .checkpoint import _torch_load
+    from .checkpoint import FORMAT, _torch_load, is_code_header
 
     obj = _torch_load(Path(path).expanduser())
     arch = obj.get("arch") if isinstance(obj, Mapping) else None
-    if (isinstance(arch, Mapping) and isinstance(arch.get("arch"), Mapping)
-            and obj.get("format_version") == CODE_FORMAT_VERSION):
+    # version 3 too: files of the development branch before code files had a version
+    if (is_code_header(arch) and obj.get("format") == FORMAT
+            and obj.get("format_version") in (3, CODE_FORMAT_VERSION)):
         return dict(arch)
     return {}
 

@@ -12,19 +12,31 @@ Layout::
      "meta": {"channel_names": [...], "input_percentiles": [lo, hi],
               "target_range": [lo, hi], "provenance": {...}}}
 
-An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
-made by SCGAN) is written as format version 2: ``"arch"`` stays the source UNet's, a
-``"translator"`` record holds the translator's architecture, and the state dict holds
-both networks (``translator.*`` and ``unet.*`` keys). Plain models are still written as
-version 1, so older versions keep reading them; an older version refuses a version-2 file
-with its "written by a newer napari-lmadda" message instead of mis-loading it.
+Format versions (a file is written with the lowest version that can describe it, so older
+readers keep reading what they can, and refuse the rest with their "written by a newer
+napari-lmadda" message instead of mis-loading it):
 
-A network built from the user's architecture code
-(:class:`~napari_lmadda.models.tapped.TappedModel`, see :mod:`~napari_lmadda.models.arch`) is
-written as format version 3: ``"arch"`` holds a *reference* to that code (file, class,
-keyword arguments, sha256) and the traced input size and channels; the state dict its
-weights (``net.*``). Loading it here is refused with a message naming the ``--arch`` that
-rebuilds it: opening a file never runs code.
+1. A plain UNet whose outputs map to one ``target_range: [lo, hi]`` for every channel.
+2. An image-level adapted model (:class:`~napari_lmadda.models.translated.TranslatedModel`,
+   made by SCGAN): ``"arch"`` stays the source UNet's, a ``"translator"`` record holds the
+   translator's architecture, and the state dict holds both networks (``translator.*`` and
+   ``unet.*`` keys).
+3. A model whose targets were normalised per output channel
+   (:class:`~napari_lmadda.data.normalize.TargetNorm`): ``target_range`` is a list of one
+   ``[lo, hi]`` per channel and ``target_norm`` says how they were chosen and whether
+   decoded predictions are in the targets' units or per-image normalised units. A version-2
+   reader would refuse the per-channel ranges as damaged, or, worse, ignore
+   ``target_norm: {"units": "normalised"}`` and present normalised values as stain units;
+   hence a new version. A ``"translator"`` record may appear in version 3 too.
+4. A network built from the user's architecture code
+   (:class:`~napari_lmadda.models.tapped.TappedModel`, see :mod:`~napari_lmadda.models.arch`):
+   ``"arch"`` holds a *reference* to that code (file, class, keyword arguments, sha256) and
+   the traced input size and channels, the state dict its weights; the metadata are those of
+   version 3 (per-channel ``target_range``, ``target_norm``). Loading it here is refused with
+   a message naming the ``--arch`` that rebuilds it: opening a file never runs code. A
+   version-3 reader would read the reference as a UNet architecture with default fields,
+   hence a version of its own. (Files written by the development branch before this version
+   existed say version 3 with such a reference; they are recognised and refused alike.)
 """
 
 from __future__ import annotations
@@ -41,15 +53,18 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data.normalize import DEFAULT_PERCENTILES
+from ..data.normalize import DEFAULT_PERCENTILES, TargetNorm
 from ..errors import CheckpointError, ConfigError, LmaddaError
+from ..memory import fmt_bytes, memory_budget
 from .pix2pix import detect_pix2pix_config, is_pix2pix_state_dict, pix2pix_to_flat
 from .tapped import TappedModel
 from .translated import TranslatedModel, Translator, TranslatorConfig
-from .unet import UNetConfig, UNetGenerator
+from .unet import NORMS, UNetConfig, UNetGenerator
 
 __all__ = [
     "FORMAT",
+    "validate_architecture",
+    "file_version",
     "DEFAULT_META",
     "save_model",
     "load_model",
@@ -58,15 +73,90 @@ __all__ = [
 ]
 
 FORMAT = "napari-lmadda-model"
-FORMAT_VERSION = 3  # the newest version read; plain models are still written as 1
+FORMAT_VERSION = 4  # the newest version read; each file is written with the lowest that fits
 _TRANSLATED_VERSION = 2
-_CODE_VERSION = 3  # the architecture is user code: a reference is stored, never run here
+_TARGET_NORM_VERSION = 3
+_CODE_VERSION = 4  # the architecture is user code: a reference is stored, never run here
 DEFAULT_META: dict[str, Any] = {
     "channel_names": None,  # e.g. ["DAPI", "CD29"]; None -> "channel 0", ...
     "input_percentiles": list(DEFAULT_PERCENTILES),
     "target_range": [0.0, 1.0],  # tanh output [-1, 1] maps to this range
     "provenance": {},
 }
+
+
+# (type, low, high) of every UNetConfig field: a model file is data, checked before use
+_INT_FIELDS = {"in_channels": (1, 64), "out_channels": (1, 64), "num_downs": (2, 12),
+               "ngf": (1, 4096)}
+#: Bytes per parameter while training: weights, gradients and Adam's two moments (float32).
+_TRAIN_BYTES_PER_PARAM = 16
+
+
+def validate_architecture(
+    arch: Mapping[str, Any], *, path: Any = None, training: bool = False
+) -> UNetConfig:
+    """Check every architecture field (type and range) and the model's size against memory.
+
+    Used when a model file is read and by ``train-source`` before a network is built, so a
+    crafted or mistyped architecture (``ngf`` 1e9, ``"4"``, 4.5) is one line, never an
+    overflow, a TypeError or gigabytes allocated.
+
+    Parameters
+    ----------
+    arch : mapping
+        :class:`UNetConfig` fields (unknown keys are ignored; missing ones take defaults).
+    path : path-like, optional
+        The model file, named in the message (errors are then :class:`CheckpointError`).
+    training : bool
+        Count the memory of training (weights, gradients, optimiser state), not only of
+        the weights.
+
+    Returns
+    -------
+    UNetConfig
+        The architecture.
+
+    Raises
+    ------
+    ConfigError
+        A field of the wrong type or out of range, or a model larger than the memory budget
+        (:class:`CheckpointError` when ``path`` is given).
+    """
+    def fail(msg: str) -> LmaddaError:
+        if path is None:
+            return ConfigError(msg)
+        return CheckpointError(f"'{path}' declares an impossible architecture: {msg}")
+
+    if not isinstance(arch, Mapping):
+        raise fail(f"expected a mapping of architecture fields, got {type(arch).__name__}")
+    for name, (lo, hi) in _INT_FIELDS.items():
+        if name not in arch:
+            continue
+        v = arch[name]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise fail(f"{name} must be a whole number in {lo}..{hi}, got {v!r}")
+    if "norm" in arch and arch["norm"] not in NORMS:
+        raise fail(f"norm must be one of {', '.join(NORMS)}, got {arch['norm']!r}")
+    if "use_dropout" in arch and not isinstance(arch["use_dropout"], bool):
+        raise fail(f"use_dropout must be true or false, got {arch['use_dropout']!r}")
+    if "bias" in arch and arch["bias"] is not None and not isinstance(arch["bias"], bool):
+        raise fail(f"bias must be true, false or None, got {arch['bias']!r}")
+    try:
+        cfg = UNetConfig.from_dict(dict(arch))
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            n_params = sum(p.numel() for p in UNetGenerator(cfg).parameters())
+    except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
+        raise fail(_one_line(exc)) from None
+    per_param = _TRAIN_BYTES_PER_PARAM if training else 4
+    need, budget = n_params * per_param, memory_budget()
+    if need > budget:
+        what = "training it needs" if training else "its weights need"
+        raise fail(
+            f"a UNet with {cfg.num_downs} down blocks and ngf {cfg.ngf} has {n_params:,} "
+            f"parameters; {what} {fmt_bytes(need)}, more than the {fmt_bytes(budget)} of "
+            "memory available (LMADDA_MEMORY_BUDGET)"
+        )
+    return cfg
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -149,19 +239,32 @@ def save_model(
         )
         for k, v in model.state_dict().items()
     }
+    try:  # a file this project writes is one it can read back
+        TargetNorm.from_meta(m, model.config.out_channels)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot save '{path}': {exc}") from None
     payload = {
         "format": FORMAT,
-        "format_version": 1,
+        "format_version": file_version(m, isinstance(model, TranslatedModel)),
         "arch": model.config.to_dict(),
         "state_dict": sd,
         "meta": _plain(m),
     }
     if isinstance(model, TranslatedModel):
-        payload["format_version"] = _TRANSLATED_VERSION
         payload["translator"] = model.translator.config.to_dict()
     if isinstance(model, TappedModel):
         payload["format_version"] = _CODE_VERSION
     return atomic_torch_save(payload, path)
+
+
+def file_version(meta: Mapping[str, Any], translated: bool = False) -> int:
+    """The lowest format version that describes a model with this metadata (module docs)."""
+    rng = meta.get("target_range")
+    per_channel = (isinstance(rng, list | tuple) and len(rng) > 0
+                   and isinstance(rng[0], list | tuple))
+    if per_channel or meta.get("target_norm") is not None:
+        return _TARGET_NORM_VERSION
+    return _TRANSLATED_VERSION if translated else 1
 
 
 def _plain(obj: Any) -> Any:
@@ -230,6 +333,35 @@ def _refused(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
+#: A genuine model's pickle (names, shapes, metadata) is kilobytes; its weights are separate
+#: zip entries. A larger pickle is a decompression bomb for the unpickler.
+MAX_PICKLE_BYTES = 64 * 2**20
+
+
+def _check_zip_sizes(path: Path, size: int, entries: list[zipfile.ZipInfo]) -> None:
+    """Refuse a zip whose entries would inflate beyond memory, from its zip directory alone.
+
+    ``torch.load`` inflates every entry in memory (the pickle first); the sizes the zip
+    directory declares are what it will allocate.
+    """
+    total = sum(int(e.file_size) for e in entries)
+    pickle_size = max((int(e.file_size) for e in entries if e.filename.endswith("data.pkl")),
+                      default=0)
+    budget = memory_budget()
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"refused to load '{path}': its pickle inflates to {fmt_bytes(pickle_size)} "
+            f"(from a {fmt_bytes(size)} file); a model's pickle is a few kB, its weights are "
+            "stored beside it"
+        )
+    if total > budget:
+        raise CheckpointError(
+            f"refused to load '{path}': its zip entries inflate to {fmt_bytes(total)} (from a "
+            f"{fmt_bytes(size)} file), more than the {fmt_bytes(budget)} of memory a model may "
+            "use here (LMADDA_MEMORY_BUDGET)"
+        )
+
+
 def _torch_load(path: Path) -> Any:
     """Run ``torch.load(weights_only=True)`` with one-line errors saying what the file is."""
     if not path.exists():
@@ -247,7 +379,8 @@ def _torch_load(path: Path) -> Any:
     if head.startswith(_ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
+                entries = zf.infolist()
+                names = [e.filename for e in entries]
         except Exception:  # BadZipFile, EOFError, NotImplementedError (odd versions), ...
             raise CheckpointError(
                 f"'{path}' is a truncated or damaged PyTorch file ({size} bytes; its zip "
@@ -258,6 +391,12 @@ def _torch_load(path: Path) -> Any:
                 f"'{path}' is a zip archive but not a PyTorch model file (no data.pkl among "
                 f"its {len(names)} entries)"
             )
+        _check_zip_sizes(path, size, entries)
+    elif size > memory_budget():
+        raise CheckpointError(
+            f"'{path}' is {fmt_bytes(size)}, more than the {fmt_bytes(memory_budget())} of "
+            "memory a model may use here (LMADDA_MEMORY_BUDGET)"
+        )
     elif not head.startswith(_LEGACY_MAGIC):
         if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             raise CheckpointError(
@@ -319,13 +458,13 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
                 f"'{path}' was written by a newer napari-lmadda (format version "
                 f"{obj.get('format_version')}); this version reads up to {FORMAT_VERSION}"
             )
-        if version == _CODE_VERSION:
+        if version == _CODE_VERSION or is_code_header(obj.get("arch")):
             raise CheckpointError(_needs_code(path, obj.get("arch")))
         try:
-            cfg = UNetConfig.from_dict(dict(obj["arch"]))
+            cfg = validate_architecture(obj["arch"], path=path)
             sd = dict(obj["state_dict"])
             meta = {**DEFAULT_META, **dict(obj.get("meta") or {})}
-            if version >= _TRANSLATED_VERSION:
+            if version == _TRANSLATED_VERSION or "translator" in obj:
                 tcfg = TranslatorConfig.from_dict(dict(obj["translator"]))
         except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise CheckpointError(
@@ -361,7 +500,22 @@ def _read(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict, TranslatorCo
         )
     _check_meta(meta, cfg, path)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    bad = next((k for k, v in sd.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"'{path}' holds non-finite weights (NaN or Inf), e.g. in '{bad}': every "
+            "prediction would be NaN"
+        )
     return cfg, sd, meta, tcfg
+
+
+def is_code_header(arch: Any) -> bool:
+    """Whether a file's ``"arch"`` is a reference to architecture code (format version 4).
+
+    Also true of the version-3 files of the development branch that introduced it.
+    """
+    return isinstance(arch, Mapping) and isinstance(arch.get("arch"), Mapping)
 
 
 def _needs_code(path: Path, header: Any) -> str:
@@ -380,7 +534,11 @@ def _needs_code(path: Path, header: Any) -> str:
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, eval_mode: bool = True
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    eval_mode: bool = True,
+    grey_only: bool = True,
 ) -> UNetGenerator:
     """Load a ready-to-use model from a napari-lmadda or pix2pix file.
 
@@ -392,6 +550,9 @@ def load_model(
         Where to put it (``"auto"`` allowed).
     eval_mode : bool
         Put the model in eval mode (BatchNorm uses running statistics, no dropout).
+    grey_only : bool
+        Refuse a model for several input channels: the project feeds one grey plane at a
+        time (the napari reader, the CLI and the library refuse it alike, when loading).
 
     Returns
     -------
@@ -416,6 +577,12 @@ def load_model(
     if is_bioimageio_package(path):  # a bioimage.io zip: read as data, no package code runs
         return load_bioimageio(path, device, eval_mode=eval_mode)
     cfg, sd, meta, tcfg = _read(path)
+    if grey_only and cfg.in_channels != 1:
+        raise CheckpointError(
+            f"'{path}' is a model for {cfg.in_channels} input channels; napari-lmadda feeds "
+            "it one grey plane at a time, so only single-channel (grey-input) models can "
+            "be used"
+        )
     _check_fits(cfg, sd, path, tcfg)  # before allocating: a file may declare a huge network
     model = _build(cfg, tcfg)
     model.load_state_dict(sd, strict=True)
@@ -502,12 +669,14 @@ def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
             f"'{path}' has invalid input percentiles {meta.get('input_percentiles')!r} "
             "(expected two numbers 0 <= low < high <= 100)"
         )
-    rng = _pair(meta.get("target_range"))
-    if rng is None or rng[0] == rng[1]:
+    try:
+        TargetNorm.from_meta(meta, cfg.out_channels)
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(
-            f"'{path}' has an invalid target range {meta.get('target_range')!r} "
-            "(expected two different numbers)"
-        )
+            f"'{path}' has an invalid target range or normalisation "
+            f"{meta.get('target_range')!r} ({_one_line(exc)}; expected two different numbers, "
+            f"or one such [lo, hi] for each of the {cfg.out_channels} output channel(s))"
+        ) from None
     names = meta.get("channel_names")
     if names is not None and (
         not isinstance(names, list | tuple)
@@ -519,4 +688,4 @@ def _check_meta(meta: dict, cfg: UNetConfig, path: Path) -> None:
         )
     if not isinstance(meta.get("provenance"), dict):
         meta["provenance"] = {}
-    meta["input_percentiles"], meta["target_range"] = list(pct), list(rng)
+    meta["input_percentiles"] = list(pct)

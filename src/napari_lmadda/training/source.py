@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,67 +26,190 @@ from ..errors import ConfigError
 from ..models.checkpoint import save_model
 from ..models.discriminator import PatchDiscriminator
 from ..models.unet import UNetConfig, UNetGenerator
+from ..options import option, validate
 
-__all__ = ["SourceTrainConfig", "TrainResult", "iter_train_source", "train_source", "TARGET_RANGE"]
+__all__ = [
+    "SourceTrainConfig",
+    "TrainResult",
+    "NotLearning",
+    "TimeEstimate",
+    "SIZE_PRESETS",
+    "size_preset",
+    "iter_train_source",
+    "train_source",
+    "TARGET_RANGE",
+]
 
 # Stain values [0, 1] are encoded as TARGET_RANGE -> [-1, 1]: background at exactly -1 would
 # push the tanh output into saturation, where sparse targets (nuclei) stop getting gradient.
 TARGET_RANGE = (-0.05, 1.05)
 
 
+#: Model and patch sizes for ``train-source --size``: UNet depth (``num_downs``), first-layer
+#: filters (``ngf``), patch side and batch. ``seconds_per_1000`` is the time of 1000 training
+#: steps on one free CPU core of the development machine (CPU time of one thread,
+#: ``benchmarks/train_speed.py``; validations not included): a shared machine is slower, a
+#: laptop's several cores faster, a GPU 10-100x faster.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"num_downs": 4, "ngf": 8, "patch": 64, "batch": 8, "seconds_per_1000": 33},
+    "small": {"num_downs": 6, "ngf": 16, "patch": 128, "batch": 8, "seconds_per_1000": 190},
+    "medium": {"num_downs": 7, "ngf": 32, "patch": 128, "batch": 8, "seconds_per_1000": 575},
+    "large": {"num_downs": 8, "ngf": 64, "patch": 256, "batch": 8, "seconds_per_1000": 7301},
+}
+
+
+def size_preset(name: str, device: str = "cpu") -> tuple[str, dict[str, Any]]:
+    """Resolve ``--size`` (``auto``: ``large`` on a CUDA GPU, ``small`` on CPU/MPS).
+
+    Raises
+    ------
+    ConfigError
+        Unknown name.
+    """
+    if name == "auto":
+        name = "large" if str(device).startswith("cuda") else "small"
+    if name not in SIZE_PRESETS:
+        raise ConfigError(f"--size must be auto or one of {', '.join(SIZE_PRESETS)}, got {name!r}")
+    return name, dict(SIZE_PRESETS[name])
+
+
+def _percentile_pair(value: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"target_percentiles must be two numbers, got {value!r}") from None
+    if not 0 <= lo < hi <= 100:
+        raise ConfigError(f"target_percentiles must satisfy 0 <= low < high <= 100, "
+                          f"got {lo}, {hi}")
+    return lo, hi
+
+
+_LR = {"low": 0.0, "high": 1.0, "low_open": True, "what": "a learning rate"}
+
+
 @dataclass
 class SourceTrainConfig:
-    """Options of :func:`train_source`.
+    """Options of :func:`train_source` (and of the data :func:`prepare_training` builds).
 
-    Parameters
-    ----------
-    steps, batch_size, patch_size : int
-        Training length and batches of ``batch_size`` patches of ``patch_size`` px.
-    lr : float
-        Adam learning rate (pix2pix: 2e-4, betas 0.5/0.999).
-    lambda_l1, lambda_gan : float
-        Weights of the L1 loss and of the conditional PatchGAN loss (0 = L1 only).
-    lr_decay : bool
-        Linear decay of the learning rate over the second half (pix2pix schedule).
-    eval_every : int
-        Steps between validations (Pearson on the validation patches).
-    seed : int
-        Seeds initialisation and sampling.
-    device : str
-        ``auto``, ``cpu``, ``cuda[:N]``, ``mps``.
+    Every field carries its help and range (:mod:`napari_lmadda.options`), for the CLI and
+    a GUI panel alike.
     """
 
-    steps: int = 2000
-    batch_size: int = 8
-    patch_size: int = 128
-    lr: float = 2e-4
-    lambda_l1: float = 100.0
-    lambda_gan: float = 0.0
-    lr_decay: bool = True
-    eval_every: int = 100
-    seed: int = 0
-    device: str = "auto"
+    steps: int = option(2000, "training steps", low=1, label="Steps")
+    batch_size: int = option(8, "patches per step", low=1, label="Batch")
+    patch_size: int = option(128, "patch side in pixels, a multiple of 2**UNet depth", low=1,
+                             label="Patch")
+    lr: float = option(2e-4, "Adam learning rate (pix2pix: 2e-4, betas 0.5/0.999)", **_LR,
+                       label="Learning rate")
+    lambda_l1: float = option(100.0, "weight of the L1 loss", low=0.0)
+    lambda_gan: float = option(0.0, "weight of the conditional PatchGAN loss; 0 = L1 only",
+                               low=0.0)
+    lr_decay: bool = option(True, "linear decay of the learning rate over the second half "
+                            "(pix2pix schedule)")
+    eval_every: int = option(100, "steps between validations (Pearson on held-out patches)",
+                             low=1, label="Validate every")
+    seed: int = option(0, "seed of initialisation, split and sampling", low=0)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps",
+                         suggestions=("auto", "cpu", "cuda", "mps"))
+    warn_pearson: float = option(0.1, "say the model is not learning when validation Pearson "
+                                 "stays below this", low=-1.0, high=1.0)
+    warn_after: int = option(3, "... after this many validations (0 = never)", low=0)
+    augment: str = option("basic", "training augmentation preset: none, basic (rotations and "
+                          "flips) or robust (imitates other microscopes)",
+                          choices=("none", "basic", "robust"), label="Augmentation", dock=True)
+    target_norm: str = option("dataset", "target encoding: dataset (percentiles of the "
+                              "whole training set, predictions in target units), image "
+                              "(per image, CARE-style, normalised units) or fixed",
+                              choices=("dataset", "image", "fixed"),
+                              label="Target normalisation", dock=True)
+    target_percentiles: tuple[float, float] = option(
+        (0.1, 99.9), "percentiles of the dataset and image target encodings",
+        check=_percentile_pair)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "patch_size", "eval_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
-        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise ConfigError(f"lr must be in (0, 1], got {self.lr!r}")
-        if self.lambda_l1 < 0 or self.lambda_gan < 0 or self.lambda_l1 + self.lambda_gan == 0:
+        validate(self)
+        if self.lambda_l1 + self.lambda_gan == 0:
             raise ConfigError("lambda_l1 and lambda_gan must be >= 0 and not both 0")
 
 
 @dataclass
 class TrainResult:
-    """The trained model (best validation state) and its history."""
+    """The trained model (best validation state), its history and what went wrong."""
 
     model: UNetGenerator
     best_step: int
     best_pearson: float
     reason: StopReason
     history: list[dict[str, Any]] = field(default_factory=list)
+    not_learning: NotLearning | None = None
+
+
+#: What usually keeps a source model from learning (shown with :class:`NotLearning`).
+LIKELY_CAUSES: tuple[str, ...] = (
+    "inputs and targets do not show the same field: files are paired by name, so check "
+    "that each input and its target are the same cells, registered pixel to pixel",
+    "target intensities the model cannot produce (see the warnings printed before training)",
+    "the stain cannot be predicted from so small a patch: try a larger --patch or --size",
+    "too few steps for this model: train longer, or use a smaller --size",
+    "a learning rate too high (L1 loss jumping) or too low (L1 loss flat): try --lr",
+)
+
+
+@dataclass(frozen=True)
+class NotLearning:
+    """The model is not learning: validation Pearson still near 0 after a few evaluations.
+
+    Attributes
+    ----------
+    step : int
+        The step of the evaluation that triggered it.
+    best_pearson : float
+        Best validation Pearson so far.
+    threshold : float
+        The level it stayed below.
+    evaluations : int
+        Evaluations done.
+    causes : tuple of str
+        Likely causes, the most specific first.
+    """
+
+    step: int
+    best_pearson: float
+    threshold: float
+    evaluations: int
+    causes: tuple[str, ...] = LIKELY_CAUSES
+
+    def message(self) -> str:
+        """A short paragraph for the user."""
+        head = (f"the model is not learning: validation Pearson is {self.best_pearson:.3f} "
+                f"(below {self.threshold:g}) after {self.evaluations} evaluations "
+                f"(step {self.step}). Likely causes:")
+        return head + "".join(f"\n  - {c}" for c in self.causes)
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """Measured speed after the first steps, and the time the whole run will take."""
+
+    step: int
+    seconds_per_step: float
+    total_seconds: float
+
+    def message(self) -> str:
+        """One line for the user."""
+        return (f"{self.seconds_per_step:.2f} s per step (about "
+                f"{_minutes(1000 * self.seconds_per_step)} per 1000 steps): the run will "
+                f"take about {_minutes(self.total_seconds)}")
+
+
+def _minutes(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _pearson_per_channel(pred: torch.Tensor, truth: torch.Tensor) -> list[float]:
@@ -110,6 +233,7 @@ def iter_train_source(
     meta: dict | None = None,
     out: str | Path | None = None,
     cancel: Callable[[], bool] | None = None,
+    hints: Sequence[str] = (),
 ) -> Iterator:
     """Train G on paired patches; yield events, the last one carrying a :class:`TrainResult`.
 
@@ -132,15 +256,23 @@ def iter_train_source(
         Writes ``<out>`` (best) and ``<out stem>_last.pt`` (last) atomically at each validation.
     cancel : callable, optional
         Returns True to stop; the best state so far is kept.
+    hints : sequence of str
+        Specific likely causes put first in a :class:`NotLearning` event (e.g. the names
+        of targets found outside the representable range).
 
     Yields
     ------
-    Started, Step, Evaluated, then a final ``TrainResult``.
+    Started, Step, TimeEstimate (once, after a few steps), Evaluated, NotLearning (at most
+    once), then a final ``TrainResult``.
     """
     cfg = config or SourceTrainConfig()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    G = (model if model is not None else UNetGenerator(arch or UNetConfig())).to(device)
+    if model is None:  # types, ranges and memory checked before anything is allocated
+        from ..models.checkpoint import validate_architecture
+
+        arch = validate_architecture((arch or UNetConfig()).to_dict(), training=True)
+    G = (model if model is not None else UNetGenerator(arch)).to(device)
     G.meta = {**getattr(G, "meta", {}), **(meta or {})}
     if cfg.patch_size % G.min_size:
         raise ConfigError(f"patch size {cfg.patch_size} must be a multiple of {G.min_size}")
@@ -168,6 +300,9 @@ def iter_train_source(
     history: list[dict[str, Any]] = []
     reason, t0 = StopReason.COMPLETED, time.perf_counter()
     nan = float("nan")
+    not_learning: NotLearning | None = None
+    # the first steps pay for allocation and thread start-up: time the next few
+    warm, est_at, t_warm = min(2, cfg.steps), min(cfg.steps, 7), t0
     for step in range(1, cfg.steps + 1):
         if cancel is not None and cancel():
             reason = StopReason.CANCELLED
@@ -199,6 +334,13 @@ def iter_train_source(
         loss.backward()
         opt.step()
         el = time.perf_counter() - t0
+        if step == warm:
+            t_warm = time.perf_counter()
+        elif step == est_at and est_at > warm:
+            per = (time.perf_counter() - t_warm) / (step - warm)
+            n_eval = cfg.steps // cfg.eval_every
+            yield TimeEstimate(step, per, el + per * (cfg.steps - step)
+                               + n_eval * per * max(1, len(vx)) / max(1, cfg.batch_size) / 3)
         yield Step(
             step,
             cfg.steps,
@@ -230,6 +372,11 @@ def iter_train_source(
                 improved,
                 {"val_pearson": score, **{f"pearson_{i}": r for i, r in enumerate(rs)}},
             )
+            if (not_learning is None and cfg.warn_after and len(history) >= cfg.warn_after
+                    and not best >= cfg.warn_pearson):
+                not_learning = NotLearning(step, best, cfg.warn_pearson, len(history),
+                                           tuple(hints) + LIKELY_CAUSES)
+                yield not_learning
             if out is not None:
                 prov = {"training": {**asdict(cfg), "step": step, "val_pearson": score}}
                 save_model(G, last_path, provenance=prov)
@@ -241,7 +388,7 @@ def iter_train_source(
         **G.meta.get("provenance", {}),
         "training": {**asdict(cfg), "best_step": best_step, "val_pearson": best},
     }
-    yield TrainResult(G, best_step, best, reason, history)
+    yield TrainResult(G, best_step, best, reason, history, not_learning)
 
 
 def train_source(sampler, val, **kwargs) -> TrainResult:
