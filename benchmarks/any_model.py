@@ -1,12 +1,14 @@
 """Any-model benchmark: LM-ADDA on networks that are not pix2pix-shaped (issue 17).
 
-Three commands, results written incrementally under ``benchmarks/results/any_model/``:
+Commands, results written incrementally under ``benchmarks/results/any_model/``:
 
 ``speed``
     One LM-ADDA training step of the engine (the forward pass stops at the tap, by raising
     from a hook for an ``--arch`` network) against the same step with full forward passes
     and the tap taken by a hook ("naive"), alternating step by step; also the project's UNet
     native vs. the same UNet wrapped as an arbitrary network (hook overhead).
+``forward``
+    The forward pass alone: stopped at each tap (``model(x, upto=tap)``) vs. the full pass.
 ``train``
     Trains the test architectures (``tests/arch_zoo.py``: CARE-style UNet with additive
     skips, residual UNet) as source models on the synthetic phase-contrast data of the demo
@@ -16,11 +18,23 @@ Three commands, results written incrementally under ``benchmarks/results/any_mod
     none / AdaBN / LM-ADDA at an early, a middle and a late module of each, on the bright
     field shift of ``benchmarks/quality.py`` (same unlabeled source and target fields, same
     test fields with ground truth, used only for scoring); the kept state is chosen by the
-    label-free criterion. Runs append to ``runs.jsonl`` and are skipped when present.
+    label-free criterion. Runs append to ``runs.jsonl`` with their settings and CPU time and
+    are skipped when a run with the same settings is present.
 ``report``
-    Tables to ``any_model.md`` (pasted into ``docs/benchmarks.md``, section "Any model").
+    Tables to ``any_model.md`` (pasted into ``docs/benchmarks.md``, "Any model (issue 17)").
+
+Why ``run`` defaults to 64 px patches and batch 4: the first run (400 steps, batch 8,
+128 px, ``runs_b8_p128_400steps.jsonl``) took 2437 s of wall time for the ResUNet's early
+tap. Measured (``time.process_time``, one thread): that step costs 1.8 s of CPU at
+``enc.0`` against 0.6 s at ``enc.3``, because ``enc.0`` is at full resolution (8 x 128 x 128),
+where the layer discriminator's three forward and two backward passes cost most of the
+step (the network before the tap is cheap); evaluations (every 100 steps, 3.5 s CPU
+each) were a small part. 400 x 1.8 s = 720 s of CPU; the rest of the 2437 s was the load
+of the shared 2-core machine (wall/CPU 3-5x while 5-7 jobs ran). No thread
+oversubscription (one torch thread). 64 px patches and batch 4 make a step ~8x cheaper.
 
     OMP_NUM_THREADS=1 python benchmarks/any_model.py speed
+    OMP_NUM_THREADS=1 python benchmarks/any_model.py forward
     OMP_NUM_THREADS=1 python benchmarks/any_model.py train --arch care
     OMP_NUM_THREADS=1 python benchmarks/any_model.py run --arch care --seeds 0,1
     python benchmarks/any_model.py report
@@ -32,6 +46,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -217,6 +232,51 @@ def cmd_speed(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def cmd_forward(args: argparse.Namespace) -> None:
+    """Forward pass stopped at the tap vs the full forward pass (no gradients)."""
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 1, args.size, args.size)
+    rows = []
+
+    def timed(model, upto=None) -> float:
+        t = time.process_time()
+        model(x, upto=upto)
+        return time.process_time() - t
+
+    for arch, (cls, kw, taps) in ARCHS.items():
+        model = load_arch(f"{ZOO}:{cls}", kwargs=kw, input_size=args.size).eval()
+        with torch.no_grad():
+            model(x)  # warm-up
+            for where, tap in taps.items():
+                layer = model.layer_index(tap)
+                stop, full = [], []
+                for _ in range(args.repeats):  # alternating: the load hits both alike
+                    stop.append(timed(model, layer))
+                    full.append(timed(model))
+                info = model.describe_layers(args.size)[layer - 1]
+                rows.append((f"{cls} ({arch})", f"{where}: `{tap}` ({layer}/"
+                             f"{model.num_layers})", f"{info.channels}x{info.height}x"
+                             f"{info.width}", statistics.median(stop), statistics.median(full)))
+                print(rows[-1], flush=True)
+    lines = [
+        "| network | tap (index/taps) | tap shape | stopped at tap, CPU ms | full forward, "
+        "CPU ms | full/stopped |",
+        "|---|---|---|---:|---:|---:|",
+        *[f"| {r[0]} | {r[1]} | {r[2]} | {1e3 * r[3]:.0f} | {1e3 * r[4]:.0f} | "
+          f"{r[4] / r[3]:.2f}x |" for r in rows],
+        "",
+        f"Forward passes without gradients, batch {args.batch} of {args.size} px, CPU time of "
+        f"the process (1 torch thread), median of {args.repeats} alternating repeats; load "
+        f"average {load:.1f} at start (2 shared cores). Stopped: `TappedModel(x, upto=tap)`, "
+        "which raises from the tap's hook.",
+    ]
+    (OUT / "forward.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 # ------------------------------------------------------------------ quality
 def _model_path(arch: str) -> Path:
     return OUT / f"{arch}_source.pt"
@@ -269,6 +329,11 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"({time.time() - t0:.0f} s)")
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "batch": args.batch, "patch": args.patch,
+            "eval_every": args.eval_every}
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from napari_lmadda.evaluation.sweep import iter_sweep
     from napari_lmadda.jsonsafe import json_safe
@@ -279,31 +344,42 @@ def cmd_run(args: argparse.Namespace) -> None:
     model = load_arch(f"{ZOO}:{cls}", weights=_model_path(args.arch))
     source, target, ev = domains("brightfield")
     runs = OUT / "runs.jsonl"
+    settings = _settings(args)
     done = set()
     if runs.exists():
         for line in runs.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["arch"], r["method"], r["tap"], r["seed"]))
-    cfg = AdaptConfig(steps=args.steps, device="cpu")
+            if all(r.get(k) == v for k, v in settings.items()):
+                done.add((r["arch"], r["method"], r["tap"], r["seed"]))
+    cfg = AdaptConfig(steps=args.steps, batch_size=args.batch, patch_size=args.patch,
+                      eval_every=args.eval_every, device="cpu")
     wanted = [w for w in args.taps.split(",") if w]
     for seed in [int(s) for s in args.seeds.split(",")]:
-        methods = [m for m in ("none", "adabn")
+        methods = [m for m in args.methods.split(",")
                    if (args.arch, m, None, seed) not in done and not (m == "none" and seed)]
         layers = [model.layer_index(taps[w]) for w in wanted
                   if (args.arch, "lmadda", taps[w], seed) not in done]
         if not methods and not layers:
             continue
-        for run in iter_sweep(model, source, target, layers=layers, methods=methods,
-                              seeds=[seed], config=cfg, eval_set=ev):
+        runs_it = iter_sweep(model, source, target, layers=layers, methods=methods,
+                             seeds=[seed], config=cfg, eval_set=ev)
+        while True:
+            # CPU time of this process: on the shared machine wall time measures the load
+            t_cpu = time.process_time()
+            run = next(runs_it, None)
+            if run is None:
+                break
             tap = model.layer_name(run.layer) if run.layer is not None else None
             row = {"arch": args.arch, "tap": tap,
                    "where": next((w for w, t in taps.items() if t == tap), None),
-                   **run.to_dict(), "steps": args.steps}
+                   **run.to_dict(), **settings, "cpu_seconds": time.process_time() - t_cpu,
+                   "load": os.getloadavg()[0]}
             with runs.open("a") as fh:
                 fh.write(json.dumps(json_safe(row)) + "\n")
             print(f"{args.arch} {run.label} ({tap}) seed {seed}: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in run.pearson.items())
-                  + f"  kept step {run.best_step}, {run.seconds:.0f} s", flush=True)
+                  + f"  kept step {run.best_step}, {run.seconds:.0f} s wall, "
+                  f"{row['cpu_seconds']:.0f} s CPU", flush=True)
 
 
 def _fmt(vals: list[float]) -> str:
@@ -328,8 +404,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"{src['val_pearson'][0]:.3f}, CD29 {src['val_pearson'][1]:.3f})",
             "",
             "| method | tap | layer | trained parameters | seeds | Pearson DAPI | Pearson CD29 "
-            "| kept step |",
-            "|---|---|---:|---:|---:|---|---|---|",
+            "| kept step | CPU s |",
+            "|---|---|---:|---:|---:|---|---|---|---:|",
         ]
         infos = {t.index: t for t in model.describe_layers(128)}
         order = [("none", None), ("adabn", None),
@@ -347,10 +423,20 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"{f'{infos[layer].params_upto:,}' if layer else '-'} | {len(sel)} | "
                 f"{_fmt([r['pearson']['DAPI'] for r in sel])} | "
                 f"{_fmt([r['pearson']['CD29'] for r in sel])} | "
-                f"{_fmt([r['best_step'] for r in sel])} |")
+                f"{_fmt([r['best_step'] for r in sel])} | "
+                f"{statistics.median(r.get('cpu_seconds', math.nan) for r in sel):.0f} |")
         lines.append("")
-    speed = OUT / "speed.md"
-    text = "\n".join(lines) + ("\n" + speed.read_text() if speed.exists() else "")
+    if rows:
+        r0 = rows[0]
+        lines += [f"Adaptation: {r0.get('steps')} steps, batch {r0.get('batch')}, "
+                  f"{r0.get('patch')} px patches, label-free criterion every "
+                  f"{r0.get('eval_every')} steps (the kept state); Pearson on the held-out "
+                  "test fields with ground truth; CPU s = CPU time of the run (1 torch "
+                  "thread).", ""]
+    text = "\n".join(lines)
+    for extra in ("forward.md", "speed.md"):
+        if (OUT / extra).exists():
+            text += "\n" + (OUT / extra).read_text()
     (OUT / "any_model.md").write_text(text)
     print(text)
 
@@ -361,6 +447,11 @@ def main(argv=None) -> int:
     s = sub.add_parser("speed")
     s.add_argument("--steps", type=int, default=4)
     s.add_argument("--threads", type=int, default=1)
+    f = sub.add_parser("forward")
+    f.add_argument("--batch", type=int, default=4)
+    f.add_argument("--size", type=int, default=128)
+    f.add_argument("--repeats", type=int, default=9)
+    f.add_argument("--threads", type=int, default=1)
     t = sub.add_parser("train")
     t.add_argument("--arch", choices=list(ARCHS), required=True)
     t.add_argument("--steps", type=int, default=800)
@@ -369,12 +460,19 @@ def main(argv=None) -> int:
     r.add_argument("--arch", choices=list(ARCHS), required=True)
     r.add_argument("--seeds", default="0")
     r.add_argument("--taps", default="early,middle,late")
-    r.add_argument("--steps", type=int, default=400)
+    r.add_argument("--methods", default="none,adabn")
+    # 64 px patches, batch 4: an early tap of these networks is at full resolution, where
+    # the layer discriminator costs most of a step (see the module docstring)
+    r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--batch", type=int, default=4)
+    r.add_argument("--patch", type=int, default=64)
+    r.add_argument("--eval-every", type=int, default=50)
     r.add_argument("--threads", type=int, default=1)
     sub.add_parser("report")
     args = p.parse_args(argv)
-    {"speed": cmd_speed, "train": cmd_train, "run": cmd_run, "report": cmd_report}[args.cmd](
-        args)
+    commands = {"speed": cmd_speed, "forward": cmd_forward, "train": cmd_train,
+                "run": cmd_run, "report": cmd_report}
+    commands[args.cmd](args)
     return 0
 
 

@@ -78,6 +78,18 @@ def test_train_list_adapt_predict_with_architecture_code(ws, capsys):
     files = sorted(preds.glob("*.tif"))
     assert len(files) == 3 and tifffile.imread(files[0]).shape == (2, 64, 64)
 
+    # export: the adapted file needs its --arch; the package then adapts with --allow-code
+    pkg = ws / "adapted.bioimageio.zip"
+    rc = main(["export-bioimageio", "--model", str(out), "--out", str(pkg)])
+    assert rc == 2 and "--arch" in one_line_error(capsys, "export-bioimageio")
+    rc = main(["export-bioimageio", "--arch", ARCH, "--model", str(out), "--out", str(pkg)])
+    assert rc == 0 and pkg.is_file(), capsys.readouterr().err
+    capsys.readouterr()
+    rc = main(["adapt", "--model", str(pkg), "--allow-code", "--source", src, "--target", tgt,
+               "--layer", "bottom", "--out", str(ws / "again.pt"), "--steps", "1", *TINY])
+    assert rc == 0, capsys.readouterr().err
+    assert "(bottom)" in capsys.readouterr().out
+
     rc = main(["recommend-layer", "--arch", ARCH, "--model", str(model), "--source", src,
                "--target", tgt, "--patches", "8", "--patch", "32", "--probe-steps", "0",
                "--device", "cpu"])

@@ -50,16 +50,22 @@ class ExportBioimageioArgs:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``export-bioimageio`` (:class:`ExportBioimageioArgs`)."""
+    from ._arch import add_arch_arguments
+
     add_arguments_of(parser, ExportBioimageioArgs)
+    # a model file made from architecture code is rebuilt by the --arch that made it
+    add_arch_arguments(parser, names=("arch", "arch_kwargs", "input_size", "percentiles",
+                                      "channel_names"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, optionally test, and print where the package went."""
     from ..bioimageio.export import export_bioimageio, test_bioimageio_package
-    from ._common import check_new_file, load_model_one_line
+    from ._arch import load_cli_model
+    from ._common import check_new_file
 
     out = check_new_file(args.out, "--out", args.overwrite)
-    model = load_model_one_line(args.model)
+    model = load_cli_model(args)
     path = export_bioimageio(
         model, out, sample=args.sample, name=args.name, description=args.description,
         authors=args.author or (), license=args.license, tags=args.tag or (),

@@ -51,6 +51,8 @@ __all__ = [
     "arch_hint",
     "stored_arch",
     "load_bioimageio_tapped",
+    "code_to_run",
+    "load_code_model",
 ]
 
 CODE_FORMAT_VERSION = 4  # model files whose architecture is user code (see checkpoint.py)
@@ -314,6 +316,60 @@ def stored_arch(path: str | os.PathLike) -> dict[str, Any]:
             and obj.get("format_version") in (3, CODE_FORMAT_VERSION)):
         return dict(arch)
     return {}
+
+
+def code_to_run(path: str | os.PathLike) -> str | None:
+    """What code building the model of ``path`` would run (for a confirmation), else None.
+
+    Read as data, nothing runs: a project model file made from architecture code names its
+    file and class; a bioimage.io package with a ``pytorch_state_dict`` architecture file
+    names that file. None for every other file (including unreadable ones).
+    """
+    from ..bioimageio.load import _weights_entry, is_bioimageio_package, read_bioimageio_package
+
+    p = Path(path).expanduser()
+    try:
+        if is_bioimageio_package(p):
+            pkg = read_bioimageio_package(p)
+            try:
+                arch = (_weights_entry(pkg.rdf, "pytorch_state_dict") or {}).get("architecture")
+            finally:
+                pkg.close()
+            if isinstance(arch, Mapping) and arch.get("source") and arch.get("callable"):
+                return (f"the architecture file '{arch['source']}' (class "
+                        f"{arch['callable']}) inside the package '{p.name}'")
+            return None
+        ref = stored_arch(p).get("arch") or {}
+    except (CheckpointError, ConfigError, OSError, ValueError):
+        return None
+    if not ref.get("source"):
+        return None
+    if ref.get("kind") == "bioimageio":
+        return f"the architecture file inside the package '{ref['source']}'"
+    return f"'{ref['source']}' (class {ref.get('class', '?')})"
+
+
+def load_code_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TappedModel:
+    """Build the model of ``path`` by RUNNING the code :func:`code_to_run` names.
+
+    Only after the user agreed (a confirmation in the napari dock).
+
+    Raises
+    ------
+    CheckpointError, ConfigError
+        No architecture code to run, or building / loading fails (one line).
+    """
+    from ..bioimageio.load import is_bioimageio_package
+
+    p = Path(path).expanduser()
+    if is_bioimageio_package(p):
+        return load_bioimageio_tapped(p, device=device)
+    ref = stored_arch(p).get("arch") or {}
+    if not ref.get("source"):
+        raise CheckpointError(f"'{p}' names no architecture code to build it from")
+    if ref.get("kind") == "bioimageio":
+        return load_bioimageio_tapped(ref["source"], weights=p, device=device)
+    return load_arch(f"{ref['source']}:{ref.get('class', '?')}", weights=p, device=device)
 
 
 # ------------------------------------------------------------------ bioimage.io packages

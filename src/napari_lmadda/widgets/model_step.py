@@ -7,6 +7,7 @@ refers to. "Train a source model…" opens the training panel in place of the ta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QStackedWidget,
@@ -29,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import LmaddaError
 from .messages import notify
-from .state import channel_names, get_state, unwrap
+from .state import architecture_name, channel_names, get_state, unwrap
 from .train_panel import TrainPanel
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +44,8 @@ _COLUMNS = ("#", "name", "kind", "channels", "size", "params")
 _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
 
-def load_into_state(viewer: napari.Viewer, path: str) -> bool:
+def load_into_state(viewer: napari.Viewer, path: str,
+                    confirm: Callable[[str], bool] | None = None) -> bool:
     """Load a model file (or ``"demo"``) into the viewer's shared state.
 
     Problems are shown in the dock and as a napari notification, never raised.
@@ -53,6 +56,10 @@ def load_into_state(viewer: napari.Viewer, path: str) -> bool:
         Whose state gets the model.
     path : str
         Model file path, or ``"demo"`` for the bundled demo model.
+    confirm : callable, optional
+        For a model whose architecture is code (``--arch`` files, bioimage.io packages with
+        an architecture file): ``confirm(what) -> bool`` asks whether to run that code.
+        Without it (a dropped file) such a model is refused: nothing runs.
 
     Returns
     -------
@@ -76,11 +83,36 @@ def load_into_state(viewer: napari.Viewer, path: str) -> bool:
             label = file.name
         model = load_model(file, device="cpu")
     except LmaddaError as exc:
-        notify(state, "error", f"Model not loaded: {exc}")
-        return False
+        model = _load_code_model(state, file, exc, confirm)
+        if model is None:
+            return False
     state.set_model(model, label, Path(file))
     notify(state, "info", f"Loaded {state.model_summary()}", toast=False)
     return True
+
+
+def _load_code_model(state: Any, file: Path, refusal: LmaddaError,
+                     confirm: Callable[[str], bool] | None) -> Any:
+    """The model of a file whose architecture is code, if the user agrees to run it."""
+    from ..models.arch import code_to_run, load_code_model
+
+    what = code_to_run(file) if file.is_file() else None
+    if what is None:
+        notify(state, "error", f"Model not loaded: {refusal}")
+        return None
+    if confirm is None:
+        notify(state, "error", f"Model not loaded: '{file.name}' is built by Python code "
+                               f"({what}); load it from the Model step to be asked whether "
+                               "to run it")
+        return None
+    if not confirm(what):
+        notify(state, "warning", f"Model not loaded: running {what} was declined")
+        return None
+    try:
+        return load_code_model(file, device="cpu")
+    except LmaddaError as exc:
+        notify(state, "error", f"Model not loaded: {exc}")
+        return None
 
 
 def _provenance_text(meta: dict[str, Any]) -> str:
@@ -185,10 +217,20 @@ class ModelStep(QWidget):
         bool
             True on success.
         """
-        ok = load_into_state(self.viewer, path)
+        ok = load_into_state(self.viewer, path, confirm=self._confirm_code)
         if not ok:
             self._on_model_changed(self.state.model)
         return ok
+
+    def _confirm_code(self, what: str) -> bool:
+        """Ask before running a model's architecture code (Python can do anything)."""
+        answer = QMessageBox.question(
+            self, "Run architecture code?",
+            f"This model is built by Python code: {what}.\n\nRunning it can do anything "
+            "Python can. Run it only if you trust where it comes from. Run it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def open_training(self) -> None:
         """Show the training panel in place of the model's table."""
@@ -244,11 +286,15 @@ class ModelStep(QWidget):
         self.size_spin.setValue(max(m, (self.size_spin.value() // m) * m))
         self.size_spin.blockSignals(False)
         cfg = model.config
+        if hasattr(cfg, "num_downs"):
+            arch = f"{cfg.num_downs} down blocks, ngf {cfg.ngf}, {cfg.norm} norm"
+            kind = "UNet"
+        else:  # any network (architecture code): its layers are its module names
+            arch, kind = "layers named after its modules", architecture_name(model)
         lines = [
-            f"<b>{self.state.model_label}</b>: UNet {cfg.in_channels} → {cfg.out_channels} "
-            f"({', '.join(channel_names(model))}), {cfg.num_downs} down blocks, ngf "
-            f"{cfg.ngf}, {cfg.norm} norm; {model.num_layers} layers; input sides: multiples "
-            f"of {m} px",
+            f"<b>{self.state.model_label}</b>: {kind} {cfg.in_channels} → {cfg.out_channels} "
+            f"({', '.join(channel_names(model))}), {arch}; {model.num_layers} layers; input "
+            f"sides: multiples of {m} px",
         ]
         prov = _provenance_text(getattr(model, "meta", {}) or {})
         if prov:

@@ -478,6 +478,9 @@ class ResultsStep(QWidget):
             return None
         try:
             prov = {**adapted.result.provenance, "adapted_from": self.state.model_label}
+            model = adapted.model
+            if hasattr(model, "layer_index"):  # any network: its layers by module name too
+                prov["layer_names"] = [model.layer_name(v) for v in adapted.result.layers]
             written = save_model(adapted.model, path, provenance=prov)
         except LmaddaError as exc:
             notify(self.state, "error", f"Not saved: {exc}")

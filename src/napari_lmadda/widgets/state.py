@@ -241,8 +241,18 @@ class LmaddaState:
             return "no model loaded"
         names = channel_names(m)
         cfg = m.config
-        return (f"{self.model_label}: UNet, {cfg.num_downs} downs, ngf {cfg.ngf}, "
-                f"{m.num_layers} layers, out: {', '.join(names)}")
+        arch = (f"UNet, {cfg.num_downs} downs, ngf {cfg.ngf}" if hasattr(cfg, "num_downs")
+                else architecture_name(m))
+        return f"{self.model_label}: {arch}, {m.num_layers} layers, out: {', '.join(names)}"
+
+
+def architecture_name(model: Any) -> str:
+    """``MyUNet (architecture code)`` for a network built from code, else its class name."""
+    ref = getattr(getattr(model, "config", None), "arch", None)
+    if isinstance(ref, dict) and ref.get("class"):
+        return f"{ref['class']} (architecture code)"
+    net = getattr(model, "net", None)
+    return f"{type(net).__name__} (architecture code)" if net is not None else type(model).__name__
 
 
 def channel_names(model: Any) -> list[str]:
