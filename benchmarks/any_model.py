@@ -282,6 +282,26 @@ def _model_path(arch: str) -> Path:
     return OUT / f"{arch}_source.pt"
 
 
+#: the control: the project's UNet (the bundled demo model) at early/middle/late layers,
+#: under the same adaptation settings as the other networks
+CONTROL_LAYERS = {"early": 2, "middle": 6, "late": 10}
+
+
+def _source(arch: str):
+    """The trained source model of ``arch`` and its taps {where: name}."""
+    if arch == "demo":
+        from napari_lmadda.models import load_model
+
+        model = load_model("demo")
+        return model, {w: model.layer_name(n) for w, n in CONTROL_LAYERS.items()}
+    cls, _, taps = ARCHS[arch]
+    return load_arch(f"{ZOO}:{cls}", weights=_model_path(arch)), taps
+
+
+def _index(model, name: str) -> int:
+    return next(i for i in range(1, model.num_layers + 1) if model.layer_name(i) == name)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from napari_lmadda.data.datasets import PairedArrays
     from napari_lmadda.data.normalize import percentile_normalize
@@ -340,8 +360,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from quality import domains
 
     torch.set_num_threads(args.threads)
-    cls, _, taps = ARCHS[args.arch]
-    model = load_arch(f"{ZOO}:{cls}", weights=_model_path(args.arch))
+    model, taps = _source(args.arch)
     source, target, ev = domains("brightfield")
     runs = OUT / "runs.jsonl"
     settings = _settings(args)
@@ -357,7 +376,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         methods = [m for m in args.methods.split(",")
                    if (args.arch, m, None, seed) not in done and not (m == "none" and seed)]
-        layers = [model.layer_index(taps[w]) for w in wanted
+        layers = [_index(model, taps[w]) for w in wanted
                   if (args.arch, "lmadda", taps[w], seed) not in done]
         if not methods and not layers:
             continue
@@ -382,6 +401,13 @@ def cmd_run(args: argparse.Namespace) -> None:
                   f"{row['cpu_seconds']:.0f} s CPU", flush=True)
 
 
+def _upto(infos: dict, layer: int) -> int:
+    """Parameters trained when matching ``layer``: a tap's own count, or a UNet's layers 1..l."""
+    if hasattr(infos[layer], "params_upto"):
+        return int(infos[layer].params_upto)
+    return sum(int(infos[i].trainable_params) for i in infos if i <= layer)
+
+
 def _fmt(vals: list[float]) -> str:
     if not vals:
         return "-"
@@ -392,16 +418,27 @@ def _fmt(vals: list[float]) -> str:
 def cmd_report(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (OUT / "runs.jsonl").read_text().splitlines()]
     lines = []
-    for arch, (cls, kw, taps) in ARCHS.items():
-        info = OUT / f"{arch}_source.json"
-        if not info.exists():
-            continue
-        src = json.loads(info.read_text())
-        model = load_arch(f"{ZOO}:{cls}", weights=_model_path(arch))
+    for arch in (*ARCHS, "demo"):
+        if arch == "demo":
+            if not any(r["arch"] == "demo" for r in rows):
+                continue
+            model, taps = _source(arch)
+            head = (f"**Control: the project's UNet** (the bundled demo model, "
+                    f"{sum(p.numel() for p in model.parameters()):,} parameters, "
+                    f"{model.num_layers} layers; same adaptation settings)")
+        else:
+            info = OUT / f"{arch}_source.json"
+            if not info.exists():
+                continue
+            src = json.loads(info.read_text())
+            cls, kw, _ = ARCHS[arch]
+            model, taps = _source(arch)
+            head = (f"**{cls}** (`tests/arch_zoo.py`, {json.dumps(kw)}; {src['params']:,} "
+                    f"parameters, {model.num_layers} taps; trained {src['steps']} steps, "
+                    f"validation Pearson DAPI {src['val_pearson'][0]:.3f}, CD29 "
+                    f"{src['val_pearson'][1]:.3f})")
         lines += [
-            f"**{cls}** (`tests/arch_zoo.py`, {json.dumps(kw)}; {src['params']:,} parameters, "
-            f"{model.num_layers} taps; trained {src['steps']} steps, validation Pearson DAPI "
-            f"{src['val_pearson'][0]:.3f}, CD29 {src['val_pearson'][1]:.3f})",
+            head,
             "",
             "| method | tap | layer | trained parameters | seeds | Pearson DAPI | Pearson CD29 "
             "| kept step | CPU s |",
@@ -415,15 +452,15 @@ def cmd_report(args: argparse.Namespace) -> None:
                    and r["tap"] == tap]
             if not sel:
                 continue
-            layer = model.layer_index(tap) if tap else None
+            layer = _index(model, tap) if tap else None
             label = {"none": "no adaptation", "adabn": "AdaBN"}.get(method, "LM-ADDA")
             where = next((w for w, t in taps.items() if t == tap), "")
             lines.append(
                 f"| {label} | {f'{where}: `{tap}`' if tap else '-'} | {layer or '-'} | "
-                f"{f'{infos[layer].params_upto:,}' if layer else '-'} | {len(sel)} | "
+                f"{f'{_upto(infos, layer):,}' if layer else '-'} | {len(sel)} | "
                 f"{_fmt([r['pearson']['DAPI'] for r in sel])} | "
                 f"{_fmt([r['pearson']['CD29'] for r in sel])} | "
-                f"{_fmt([r['best_step'] for r in sel])} | "
+                f"{statistics.median(r['best_step'] for r in sel):.0f} | "
                 f"{statistics.median(r.get('cpu_seconds', math.nan) for r in sel):.0f} |")
         lines.append("")
     if rows:
@@ -457,7 +494,7 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=800)
     t.add_argument("--threads", type=int, default=1)
     r = sub.add_parser("run")
-    r.add_argument("--arch", choices=list(ARCHS), required=True)
+    r.add_argument("--arch", choices=[*ARCHS, "demo"], required=True)
     r.add_argument("--seeds", default="0")
     r.add_argument("--taps", default="early,middle,late")
     r.add_argument("--methods", default="none,adabn")
