@@ -11,6 +11,11 @@ Run under a display (Xvfb is enough)::
 
     xvfb-run -a -s "-screen 0 1800x1100x24" python benchmarks/gui_responsiveness.py --runs 3
 
+The method is LM-ADDA (``--method``), as the first dock's default, so old and new docks do
+the same work; ``--method ''`` takes the dock's own default (the auto method, which runs
+several candidates). To measure an older commit, run this script with ``PYTHONPATH`` at that
+commit's ``src`` (the three docks before issue 15 are driven too).
+
 ``--why`` samples the GUI thread's Python stack whenever a tick is late and prints the lines
 where the stalls were spent (to find what to move off the GUI thread).
 

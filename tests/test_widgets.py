@@ -12,7 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from widget_helpers import PLUGIN, idle, keep_last_state, open_dock, tiny_settings
+from widget_helpers import (
+    PLUGIN,
+    export_stains,
+    idle,
+    keep_last_state,
+    open_dock,
+    tiny_settings,
+)
 
 
 @pytest.fixture
@@ -151,7 +158,7 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
     # and the model, never over existing files
     out = tmp_path / "stains"
     out.mkdir()
-    files = d.results.export_stains(out)
+    files = export_stains(d, qtbot, out)
     assert sorted(f.name for f in files) == sorted(
         ["brightfield_input_unadapted_pred.tif", "brightfield_input_lmadda_L2_2_pred.tif"])
     adapted_file = out / "brightfield_input_lmadda_L2_2_pred.tif"
@@ -175,7 +182,7 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
     meta = read_tiff_metadata(adapted_file)
     assert meta["channels"] == ["DAPI", "CD29"] and meta["tag"] == "lmadda L2"
     assert meta["source_image"] == "brightfield/input" and meta["method"] == "lmadda"
-    assert d.results.export_stains(out) == []
+    assert export_stains(d, qtbot, out) == []
     assert "already exists" in d.message.text() and d.message.isVisibleTo(d)
     saved = d.results.save_adapted_model(tmp_path / "adapted.pt")
     assert saved is not None and saved.is_file()

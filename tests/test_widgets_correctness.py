@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from widget_helpers import PLUGIN, idle, keep_last_state, open_dock, tiny_settings
+from widget_helpers import (
+    PLUGIN,
+    export_stains,
+    idle,
+    keep_last_state,
+    open_dock,
+    tiny_settings,
+)
 
 
 @pytest.fixture
@@ -99,7 +106,7 @@ def test_stopped_run_without_a_better_state_keeps_the_earlier_result(dock, tiny_
         assert np.array_equal(np.asarray(viewer.layers[n].data), data), n
         assert viewer.layers[n].metadata["lmadda"]["best_step"] == first.result.best_step
     (tmp_path / "out").mkdir()
-    files = d.results.export_stains(tmp_path / "out")
+    files = export_stains(d, qtbot, tmp_path / "out")
     lm = [f for f in files if "unadapted" not in f.name]
     un = [f for f in files if "unadapted" in f.name]
     import tifffile
@@ -224,7 +231,7 @@ def test_exported_stains_are_the_files_lmadda_predict_writes(dock, tiny_model_pa
     stain = viewer.layers["DAPI [unadapted]"]
     assert tuple(stain.scale) == pytest.approx((1.0, 0.325, 0.325))
     assert str(stain.units[-1]) == "micrometer"
-    gui = d.results.export_stains(tmp_path / "gui")
+    gui = export_stains(d, qtbot, tmp_path / "gui")
     assert sorted(f.name for f in gui) == ["a_unadapted_pred.tif", "b_unadapted_pred.tif"]
     predict_folder(load_model(tiny_model_path), folder, tmp_path / "cli")
     for name in ("a", "b"):
@@ -246,8 +253,22 @@ def test_exported_stains_are_the_files_lmadda_predict_writes(dock, tiny_model_pa
         assert mg["tag"] == "unadapted"
     # never over existing files unless asked; nothing is half-written
     before = (tmp_path / "gui" / "a_unadapted_pred.tif").stat().st_mtime_ns
-    assert d.results.export_stains(tmp_path / "gui") == []
+    assert export_stains(d, qtbot, tmp_path / "gui") == []
     assert "already exists" in d.message.text()
     assert (tmp_path / "gui" / "a_unadapted_pred.tif").stat().st_mtime_ns == before
-    assert len(d.results.export_stains(tmp_path / "gui", overwrite=True)) == 2
+    assert len(export_stains(d, qtbot, tmp_path / "gui", overwrite=True)) == 2
     assert not [p for p in (tmp_path / "gui").iterdir() if not p.name.endswith("_pred.tif")]
+
+
+def test_run_status_names_what_is_trained(dock):
+    """One layer, a range (APMA), or auto's candidates: never '0 trainable parameters'."""
+    from napari_lmadda.adapt.events import Started
+
+    viewer, d = dock
+    d.adapt._on_event(Started("lmadda", (4,), 120, 1234, "cpu", "train", "gap"))
+    assert "at layer 4: 1,234 trainable parameters on" in d.adapt.status.text()
+    d.adapt._on_event(Started("apma", (2, 3, 4), 120, 99, "cpu", "train", "gap"))
+    assert "at layers 2–4: 99 trainable" in d.adapt.status.text()
+    d.adapt._on_event(Started("auto", (3, 6, 4), 240, 0, "cpu", "train", "out_q"))
+    text = d.adapt.status.text()
+    assert "trying layers 3, 6, 4 on " in text and "trainable" not in text

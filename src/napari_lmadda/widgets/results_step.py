@@ -85,6 +85,7 @@ class ResultsStep(QWidget):
         self.last_layers: list[str] = []
         self.last_trust_layers: list[str] = []
         self.last_sets: list[Any] = []  # the inputs of the stains shown (ImageSet)
+        self.last_export: list[Path] = []  # files written by the last export_stains
         # result key -> its model, for the files written from the stain layers
         self._result_models: dict[str, Any] = {}
         self._models_predicting: dict[str, Any] = {}
@@ -486,41 +487,62 @@ class ResultsStep(QWidget):
         notify(self.state, "info", f"Saved the adapted model to '{written}'", toast=False)
         return Path(written) if written is not None else path
 
-    def export_stains(self, folder: str | Path, overwrite: bool = False) -> list[Path]:
+    def export_stains(self, folder: str | Path, overwrite: bool = False) -> bool:
         """Write the last shown stains to ``folder`` as ``lmadda predict`` writes them.
 
         One calibrated ImageJ hyperstack per input file (per input layer), the markers as
         named channels, the input's pixel size and unit, the model's provenance and the
         result's (:mod:`.stain_export`). Existing files are replaced only with
-        ``overwrite``; each file is written to a temporary name, then renamed.
+        ``overwrite`` (checked before anything is written); each file is written to a
+        temporary name, then renamed. The files are written in the background; when done,
+        :attr:`last_export` lists them and the dock says what was written or why not.
 
         Returns
         -------
-        list of Path
-            Files written (empty after showing why nothing was).
+        bool
+            True if the export started.
         """
-        from .stain_export import plan_export, write_export
+        from .stain_export import LayerSnapshot, export_messages
 
-        layers = [self.viewer.layers[n] for n in self.last_layers if n in self.viewer.layers]
+        if self.state.busy:
+            return False
+        layers = [LayerSnapshot.of(self.viewer.layers[n]) for n in self.last_layers
+                  if n in self.viewer.layers]
+        self.last_export = []
         if not layers:
             notify(self.state, "error", "No stain layers to write: show the virtual stains "
                                         "first")
-            return []
-        folder = Path(folder)
-        written: list[Path] = []
-        try:
-            plan = plan_export(layers, self.last_sets or [], self._result_models, folder)
-            write_export(plan, written, overwrite=overwrite)
-        except LmaddaError as exc:
-            what = f"writing stopped after {len(written)} file(s)" if written else \
-                "nothing written"
-            notify(self.state, "error", f"Stains not exported, {what}: {exc}")
-            self.set_status(f"Stains not exported, {what}: {exc}", error=True)
-            return written
-        text = f"Wrote {len(written)} calibrated TIFF file(s) to '{folder}'"
-        notify(self.state, "info", text, toast=False)
-        self.set_status(text)
-        return written
+            return False
+        sets, models, folder = list(self.last_sets), dict(self._result_models), Path(folder)
+        self.state.set_busy(True)
+        self.set_status(f"Writing the stains to '{folder}'…")
+        task = workers.start(
+            lambda cancel: export_messages(layers, sets, models, folder, overwrite),
+            lambda msg: self._on_stains_message(msg, folder),
+            self._on_export_done,
+        )
+        self.task = None if task.done else task
+        return True
+
+    def _on_stains_message(self, msg: Any, folder: Path) -> None:
+        from .stain_export import ExportFinished, ExportProgress
+
+        if isinstance(msg, ExportProgress):
+            self._progress.push(f"Writing the stains… {msg.done} / {msg.total} file(s)")
+        elif isinstance(msg, ExportFinished):
+            self._progress.reset()
+            self.last_export = list(msg.written)
+            if msg.error:
+                what = (f"writing stopped after {len(msg.written)} file(s)" if msg.written
+                        else "nothing written")
+                text = f"Stains not exported, {what}: {msg.error}"
+                notify(self.state, "error", text)
+                self.set_status(text, error=True)
+            else:
+                text = (f"Wrote {len(msg.written)} calibrated TIFF file(s) to '{folder}' "
+                        f"({msg.seconds:.1f} s)")
+                notify(self.state, "info", text, toast=False)
+                self.set_status(text)
 
     def export_bioimageio(self, path: str | Path, overwrite: bool = False) -> bool:
         """Write the chosen model as a bioimage.io package in the background.

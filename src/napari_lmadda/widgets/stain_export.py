@@ -12,7 +12,8 @@ per input layer ``<layer>_<result>_pred.tif`` with its planes as Z.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import numpy as np
 
 from ..errors import LmaddaError
 
-__all__ = ["StainFile", "plan_export", "write_export"]
+__all__ = ["StainFile", "LayerSnapshot", "ExportProgress", "ExportFinished", "plan_export",
+           "check_export", "write_one", "export_messages"]
 
 #: layer metadata that describes the layer, not the prediction (left out of the files)
 _LAYER_ONLY = {"kind", "channel", "channel_index", "input_layer", "input_key", "pixel_size"}
@@ -37,6 +39,37 @@ class StainFile:
     model: Any
     pixel_size: dict[str, Any] | None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerSnapshot:
+    """What the writer needs of a layer, taken in the GUI thread (napari objects stay there)."""
+
+    name: str
+    metadata: dict[str, Any]
+    data: Any
+
+    @classmethod
+    def of(cls, layer: Any) -> LayerSnapshot:
+        """Snapshot ``layer`` (its data array is shared, not copied)."""
+        return cls(layer.name, {"lmadda": dict(layer.metadata.get("lmadda", {}))}, layer.data)
+
+
+@dataclass(frozen=True)
+class ExportProgress:
+    """``done`` of ``total`` files written."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ExportFinished:
+    """The export ended: the files written and, if it stopped early, why (one line)."""
+
+    written: tuple[Path, ...]
+    error: str = ""
+    seconds: float = 0.0
 
 
 def _safe(name: str) -> str:
@@ -128,32 +161,15 @@ def plan_export(layers: Sequence[Any], sets: Sequence[Any], models: dict[str, An
     return plan
 
 
-def write_export(plan: Sequence[StainFile], written: list[Path],
-                 overwrite: bool = False) -> list[Path]:
-    """Write planned files (each atomically: a temporary file, then renamed).
-
-    Parameters
-    ----------
-    plan : sequence of StainFile
-        From :func:`plan_export`.
-    written : list of Path
-        Each written file is appended (so the caller knows them when a later one fails).
-    overwrite : bool
-        Replace existing files.
-
-    Returns
-    -------
-    list of Path
-        ``written``.
+def check_export(plan: Sequence[StainFile], overwrite: bool = False) -> None:
+    """Refuse a plan before anything is written; create the output folders.
 
     Raises
     ------
     LmaddaError
-        A file exists (without ``overwrite``; checked for all before any is written) or
-        cannot be written; files already written stay.
+        Two files would get one name, a file exists (without ``overwrite``), or a folder
+        cannot be created.
     """
-    from ..inference.predict import write_prediction
-
     targets = [f.target for f in plan]
     if len(set(targets)) != len(targets):
         raise LmaddaError("two stain files would get the same name: show one result at a time")
@@ -167,8 +183,40 @@ def write_export(plan: Sequence[StainFile], written: list[Path],
         except OSError as exc:
             raise LmaddaError(f"cannot create the folder '{folder}': "
                               f"{exc.strerror or exc}") from None
-    for f in plan:
-        written.append(write_prediction(f.model, f.target, f.array, f.source,
-                                        overwrite=overwrite, metadata=f.metadata,
-                                        pixel_size=f.pixel_size))
-    return written
+
+
+def write_one(f: StainFile, overwrite: bool = False) -> Path:
+    """Write one planned file (a temporary file, then renamed), as ``lmadda predict`` does."""
+    from ..inference.predict import write_prediction
+
+    return write_prediction(f.model, f.target, f.array, f.source, overwrite=overwrite,
+                            metadata=f.metadata, pixel_size=f.pixel_size)
+
+
+def export_messages(layers: Sequence[Any], sets: Sequence[Any], models: dict[str, Any],
+                    folder: str | Path, overwrite: bool = False,
+                    ) -> Iterator[ExportProgress | ExportFinished]:
+    """Plan, check and write the stain files (in the worker thread), reporting each file.
+
+    Reading the inputs' calibration and writing the files take time a large folder would
+    otherwise take from napari's thread. Nothing is written when the plan is refused; a
+    file that fails stops the export, the files written before it stay.
+
+    Yields
+    ------
+    ExportProgress per file, then one ExportFinished (never raises).
+    """
+    t0 = time.perf_counter()
+    written: list[Path] = []
+    try:
+        plan = plan_export(layers, sets, models, folder)
+        check_export(plan, overwrite)
+        for i, f in enumerate(plan, 1):
+            written.append(write_one(f, overwrite))
+            yield ExportProgress(i, len(plan))
+        yield ExportFinished(tuple(written), "", time.perf_counter() - t0)
+    except LmaddaError as exc:
+        yield ExportFinished(tuple(written), str(exc), time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - a bug must not leave the GUI busy
+        yield ExportFinished(tuple(written), f"export failed ({type(exc).__name__}: {exc})",
+                             time.perf_counter() - t0)
