@@ -159,29 +159,31 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
     out = tmp_path / "stains"
     out.mkdir()
     files = export_stains(d, qtbot, out)
+    # the dropped folder's layer: one file per input file, named as lmadda predict names them
     assert sorted(f.name for f in files) == sorted(
-        ["brightfield_input_unadapted_pred.tif", "brightfield_input_lmadda_L2_2_pred.tif"])
-    adapted_file = out / "brightfield_input_lmadda_L2_2_pred.tif"
-    with tifffile.TiffFile(adapted_file) as tif:
-        assert tif.is_imagej and tif.series[0].axes == "ZCYX"
-        ij = tif.imagej_metadata
-        assert ij["unit"] in ("um", "micron", "\\u00B5m", "µm") and ij["Labels"][:2] == [
-            "DAPI", "CD29"]
-        xres = tif.pages[0].tags["XResolution"].value
-        assert xres[1] / xres[0] == pytest.approx(0.65, rel=1e-4)
-        data = tif.asarray()
-    assert data.shape == (2, 2, 64, 64)  # images, markers
-    assert np.array_equal(data[:, 0], viewer.layers["DAPI [lmadda L2 #2]"].data)
-    assert np.array_equal(data[:, 1], viewer.layers["CD29 [lmadda L2 #2]"].data)
-    assert np.array_equal(data[:, 0], kept2)
-    assert not np.array_equal(
-        data, tifffile.imread(out / "brightfield_input_unadapted_pred.tif"))
+        f"field_00{i}_{tag}_pred.tif" for i in (0, 1) for tag in ("unadapted", "lmadda_L2_2"))
     from napari_lmadda.data.io import read_pixel_size, read_tiff_metadata
 
-    assert read_pixel_size(adapted_file)["unit"] == "um"
-    meta = read_tiff_metadata(adapted_file)
-    assert meta["channels"] == ["DAPI", "CD29"] and meta["tag"] == "lmadda L2"
-    assert meta["source_image"] == "brightfield/input" and meta["method"] == "lmadda"
+    for i in (0, 1):
+        adapted_file = out / f"field_00{i}_lmadda_L2_2_pred.tif"
+        with tifffile.TiffFile(adapted_file) as tif:
+            assert tif.is_imagej and tif.series[0].axes == "CYX"
+            ij = tif.imagej_metadata
+            assert ij["unit"] in ("um", "micron", "\\u00B5m", "µm")
+            assert ij["Labels"][:2] == ["DAPI", "CD29"]
+            xres = tif.pages[0].tags["XResolution"].value
+            assert xres[1] / xres[0] == pytest.approx(0.65, rel=1e-4)
+            data = tif.asarray()
+        assert data.shape == (2, 64, 64)  # markers of image i
+        assert np.array_equal(data[0], viewer.layers["DAPI [lmadda L2 #2]"].data[i])
+        assert np.array_equal(data[1], viewer.layers["CD29 [lmadda L2 #2]"].data[i])
+        assert np.array_equal(data[0], kept2[i])
+        assert not np.array_equal(
+            data, tifffile.imread(out / f"field_00{i}_unadapted_pred.tif"))
+        assert read_pixel_size(adapted_file)["unit"] == "um"
+        meta = read_tiff_metadata(adapted_file)
+        assert meta["channels"] == ["DAPI", "CD29"] and meta["tag"] == "lmadda L2"
+        assert meta["source_image"] == f"field_00{i}.tif" and meta["method"] == "lmadda"
     assert export_stains(d, qtbot, out) == []
     assert "already exists" in d.message.text() and d.message.isVisibleTo(d)
     saved = d.results.save_adapted_model(tmp_path / "adapted.pt")

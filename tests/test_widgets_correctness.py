@@ -111,7 +111,9 @@ def test_stopped_run_without_a_better_state_keeps_the_earlier_result(dock, tiny_
     un = [f for f in files if "unadapted" in f.name]
     import tifffile
 
-    assert lm and un
+    assert len(lm) == len(un) == 1  # the sample's layer (no files): its images as Z
+    with tifffile.TiffFile(lm[0]) as tif:
+        assert tif.series[0].axes == "ZCYX"
     assert not np.array_equal(tifffile.imread(lm[0]), tifffile.imread(un[0]))
 
 

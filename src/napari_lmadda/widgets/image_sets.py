@@ -181,10 +181,18 @@ def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
             kwargs = {k: (first[k], *v[-2:]) for k, v in kwargs.items()}
         name, key = layer.name, f"layer:{layer.unique_id}"
         px = layer_pixel_size(layer)
+        # a layer the reader made from a folder: its files, one per plane, so the stains
+        # are written per file as lmadda predict writes them
+        origin = layer.metadata.get("lmadda", {}) if isinstance(layer.metadata, dict) else {}
+        folder = origin.get("folder") if isinstance(origin.get("folder"), str) else None
+        files = [str(f) for f in origin.get("files") or []] if folder else []
 
         def from_layer() -> list[ImageSet]:
-            return [ImageSet(name, _planes(data, name), key, kwargs, name, squeeze=ndim == 2,
-                             pixel_size=px)]
+            stack = _planes(data, name)
+            ok = len(files) == len(stack)
+            return [ImageSet(name, stack, key, kwargs, name, squeeze=ndim == 2,
+                             pixel_size=px, folder=folder if ok else None,
+                             files=files if ok else [])]
 
         return from_layer
     folder = sel.value

@@ -4,9 +4,10 @@
 channels, the input's pixel size and unit, the model's provenance as JSON
 (:func:`~napari_lmadda.inference.predict.write_prediction`). The Results step writes the
 same files from the stain layers it shows, so a stain exported from napari and one
-predicted on the command line open alike in Fiji: per input file of a folder
-``<stem>_<result>_pred.tif`` (the result as the layer names it, e.g. ``lmadda_L10``), and
-per input layer ``<layer>_<result>_pred.tif`` with its planes as Z.
+predicted on the command line open alike in Fiji: per input file of a folder (chosen as a
+folder, or dropped and chosen as its layer) ``<stem>_<result>_pred.tif`` (the result as the
+layer names it, e.g. ``lmadda_L10``), and for a layer not read from files
+``<layer>_<result>_pred.tif`` with its planes as Z.
 """
 
 from __future__ import annotations
