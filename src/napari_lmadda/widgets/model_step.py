@@ -96,13 +96,13 @@ def _load_code_model(state: Any, file: Path, refusal: LmaddaError,
     """The model of a file whose architecture is code, if the user agrees to run it."""
     from ..models.arch import code_to_run, load_code_model
 
-    what = code_to_run(file) if file.is_file() else None
+    what = code_to_run(file) if file.exists() else None
     if what is None:
         notify(state, "error", f"Model not loaded: {refusal}")
         return None
     if confirm is None:
-        notify(state, "error", f"Model not loaded: '{file.name}' is built by Python code "
-                               f"({what}); load it from the Model step to be asked whether "
+        notify(state, "error", f"Model not loaded: {refusal}. It is built by Python code "
+                               f"({what}): load it from the Model step to be asked whether "
                                "to run it")
         return None
     if not confirm(what):
@@ -141,8 +141,8 @@ class ModelStep(QWidget):
         self.path_edit.returnPressed.connect(self._load_typed)
         self.browse_btn = QPushButton("Browse…")
         self.browse_btn.setToolTip("Load a napari-lmadda model, a pix2pix latest_net_G.pth or "
-                                   "a bioimage.io package of a pix2pix-style UNet (read as "
-                                   "data: its code is not run)")
+                                   "a bioimage.io package (read as data; a network built by "
+                                   "Python code loads only after you agree to run that code)")
         self.browse_btn.clicked.connect(self._browse)
         self.demo_btn = QPushButton("Demo model")
         self.demo_btn.setToolTip("The bundled demo model (synthetic phase contrast -> DAPI, CD29)")
