@@ -39,6 +39,18 @@ adapts models, so it is off by default (it costs a sweep over the listed depths)
 
 Prints a table and writes ``benchmarks/results/recommend/validation.{md,json}`` and one
 ``<shift>.png`` per shift.
+
+``--profiles DIR`` judges every rule of :data:`napari_lmadda.adapt.recommend.RULES` at once,
+offline: DIR holds the full measurements (``LayerRecommendation.to_dict()``, one
+``<case>_m<seed>.json`` per case and measurement seed: ``brightfield_m0.json``,
+``real_allen_defocus_m0.json``...), the rules are re-applied to their rows, and each pick is
+judged on every per-layer grid of that case: the quality benchmark's ``--runs`` (600 steps),
+the auto grids ``--grid`` (``benchmarks/results/auto/grid.jsonl``, 1200 steps) and the real
+data ``--real``. Writes ``rules.md`` and ``rules.json`` to ``--out``.
+
+    python benchmarks/recommend_validation.py --profiles benchmarks/results/recommend/profiles \
+        --runs benchmarks/results/quality/runs.jsonl --grid benchmarks/results/auto/grid.jsonl \
+        --real benchmarks/results/real
 """
 
 from __future__ import annotations
@@ -250,6 +262,143 @@ def real_rows(real_dir: Path) -> list[dict]:
     return out
 
 
+def grids_from_auto(path: Path, case: str) -> dict[int, tuple[dict, float]]:
+    """Per seed of ``auto_grid.py``'s grid.jsonl: (LM-ADDA layer -> Pearson, none)."""
+    per_seed: dict[int, dict[int, float]] = {}
+    none = math.nan
+    for r in map(json.loads, Path(path).read_text().splitlines()):
+        if r["case"] != case:
+            continue
+        v = r["final"]["monitor_pearson"]
+        if r["method"] == "none":
+            none = float(v)
+        elif r["method"] == "lmadda":
+            per_seed.setdefault(int(r["seed"]), {}).setdefault(int(r["layer"]), float(v))
+    return {s: (g, none) for s, g in per_seed.items()}
+
+
+def grids_from_real(real_dir: Path, task: str, shift: str) -> dict[int, tuple[dict, float]]:
+    """Per seed of ``real_data.py``'s runs.jsonl (Dice for EM, Pearson for Allen)."""
+    metric = "dice" if task == "em" else "pearson"
+    per_seed: dict[int, dict[int, float]] = {}
+    none = math.nan
+    path = real_dir / "runs.jsonl"
+    if not path.exists():
+        return {}
+    for r in map(json.loads, path.read_text().splitlines()):
+        if r["task"] != task or r["shift"] != shift or r.get("tag", ""):
+            continue
+        v = r["scores"].get(metric)
+        if v is None:
+            continue
+        if r["method"] == "none":
+            none = float(v)
+        elif r["method"] == "lmadda":
+            per_seed.setdefault(int(r["seed"]), {}).setdefault(int(r["layer"]), float(v))
+    return {s: (g, none) for s, g in per_seed.items()}
+
+
+def _rows_of(doc: dict) -> list:
+    import dataclasses
+
+    from napari_lmadda.adapt.recommend import LayerGap
+
+    names = [f.name for f in dataclasses.fields(LayerGap)]
+    return [LayerGap(**{k: (math.nan if r.get(k) is None else r[k]) for k in names})
+            for r in doc["rows"]]
+
+
+def rule_table(args: argparse.Namespace) -> None:
+    """Judge every rule on every grid, from saved measurements (see the module docstring)."""
+    from napari_lmadda.adapt.recommend import RULES, choose_layer
+
+    results = []
+    for path in sorted(Path(args.profiles).glob("*_m*.json")):
+        doc = json.loads(path.read_text())
+        case, mseed = path.stem.rsplit("_m", 1)
+        rows = _rows_of(doc)
+        picks = {}
+        for rule in RULES:
+            layer, conf, _, det = choose_layer(rows, p_value=doc["p_value"],
+                                               num_layers=doc["settings"]["num_layers"],
+                                               rule=rule)
+            picks[rule] = {"layer": layer, "confidence": conf, "ranking": det["ranking"]}
+        sources = []
+        if case.startswith("real_"):
+            task, _, shift = case[len("real_"):].partition("_")
+            if args.real is not None:
+                sources.append(("real, 300 steps", grids_from_real(args.real, task, shift)))
+        else:
+            if args.runs is not None and args.runs.exists():
+                sources.append(("quality, 600 steps", grids_from_runs(args.runs, case)))
+            if args.grid is not None and args.grid.exists():
+                sources.append(("auto grid, 1200 steps", grids_from_auto(args.grid, case)))
+        for label, grids in sources:
+            grids = {k: v for k, v in grids.items() if v[0]}
+            if not grids:
+                continue
+            layers = sorted({la for g, _ in grids.values() for la in g})
+            median = {la: statistics.median([g[la] for g, _ in grids.values() if la in g])
+                      for la in layers}
+            none = next(iter(grids.values()))[1]
+            row = {"case": case, "measure_seed": int(mseed), "grid": label,
+                   "seeds": sorted(grids), "scores": median, "none": none, "rules": {}}
+            for rule, pk in picks.items():
+                row["rules"][rule] = {**pk, **judge(median, none, pk["layer"]),
+                                      **per_seed_counts(grids, pk["layer"]),
+                                      "top3": any(judge(median, none, la).get("within_tolerance")
+                                                  for la in pk["ranking"][:3])
+                                      if pk["layer"] is not None else None}
+            results.append(row)
+    write_rule_table(results, args)
+
+
+def write_rule_table(results: list[dict], args: argparse.Namespace) -> None:
+    from napari_lmadda.adapt.recommend import DEFAULT_RULE, RULES
+
+    lines = ["<!-- generated by benchmarks/recommend_validation.py --profiles -->",
+             f"Each rule re-applied to the saved measurements; a pick is judged on every "
+             f"per-layer grid of its case (score of the picked layer within {TOLERANCE} of the "
+             "best layer's, median over the grid's seeds; `none` = no adaptation needed, judged "
+             "with the no-adaptation score). `-` = the picked layer was not run in that grid. "
+             f"Default rule: `{DEFAULT_RULE}`.", "",
+             "| case (measurement seed) | grid | seeds | layers run: score (best **bold**) | "
+             + " | ".join(RULES) + " |", "|---|---|---|---|" + "---|" * len(RULES)]
+    for r in results:
+        best = max(r["scores"], key=r["scores"].get)
+        sc = ", ".join((f"**{la}: {v:.3f}**" if la == best else f"{la}: {v:.3f}")
+                       for la, v in sorted(r["scores"].items()))
+        cells = []
+        for rule in RULES:
+            j = r["rules"][rule]
+            pick = "none" if j["layer"] is None else str(j["layer"])
+            ok = {True: "yes", False: "**no**", None: "-"}[j.get("within_tolerance")]
+            top3 = "" if j.get("top3") is None else (" (top 3: yes)" if j["top3"]
+                                                     else " (top 3: no)")
+            cells.append(f"{pick}: {ok}{top3}")
+        lines.append(f"| {r['case']} (m{r['measure_seed']}) | {r['grid']} | "
+                     f"{','.join(map(str, r['seeds']))} | {sc} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for rule in RULES:
+        judged = [r["rules"][rule].get("within_tolerance") for r in results]
+        judged = [j for j in judged if j is not None]
+        top3 = [r["rules"][rule].get("top3") for r in results]
+        top3 = [t for t in top3 if t is not None]
+        seeds_in = sum(r["rules"][rule].get("seeds_within", 0) for r in results)
+        seeds_n = sum(r["rules"][rule].get("seeds_judged", 0) for r in results)
+        lines.append(f"- `{rule}`: within {TOLERANCE} of the best layer on {sum(judged)} of "
+                     f"{len(judged)} judged grids (median over seeds), {seeds_in} of {seeds_n} "
+                     f"single-seed grids; a layer within {TOLERANCE} among its top 3 on "
+                     f"{sum(top3)} of {len(top3)}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rules.md").write_text(text)
+    safe = json.loads(json.dumps(results, default=float).replace("NaN", "null"))
+    (args.out / "rules.json").write_text(json.dumps(safe, indent=1) + "\n")
+    print(f"wrote {args.out / 'rules.md'}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="demo", help="source model file (demo)")
@@ -275,8 +424,15 @@ def main() -> None:
     p.add_argument("--uncertainty-seeds", default="0,1", help="ensemble seeds (0,1)")
     p.add_argument("--steps", type=int, default=300, help="LM-ADDA steps per depth (300)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profiles", type=Path, default=None,
+                   help="folder of saved measurements: judge every rule offline")
+    p.add_argument("--grid", type=Path, default=None,
+                   help="grid.jsonl of benchmarks/auto_grid.py (with --profiles)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
+    if args.profiles is not None:
+        rule_table(args)
+        return
     torch.set_num_threads(args.threads)
     sweeps = dict(s.split("=", 1) for s in args.sweep)
     unc_layers = [int(v) for v in args.uncertainty_layers.split(",") if v]

@@ -240,12 +240,12 @@ def test_results_widget_save_never_overwrites_and_survives_a_full_disk(tiny, tmp
                                                                        monkeypatch):
     import napari.utils.notifications as notifications
 
-    from napari_lmadda.widgets.results import ResultsPanel
+    from napari_lmadda.widgets.results_step import ResultsStep
 
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
     model, _ = tiny
-    panel = ResultsPanel(make_napari_viewer())
+    panel = ResultsStep(make_napari_viewer())
     panel.state.adapted = SimpleNamespace(model=model, result=SimpleNamespace(provenance={}))
     target = tmp_path / "adapted.pt"
     target.write_bytes(b"an earlier model")

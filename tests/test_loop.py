@@ -142,7 +142,7 @@ def test_single_process_methods_are_refused_under_torchrun(model, domains, monke
 # ------------------------------------------------------------------ the registry
 def test_registry_entries_are_complete_and_typed():
     assert registry.method_names() == ["none", "adabn", "adda", "lmadda", "lmadda-multi",
-                                       "scgan", "apma"]
+                                       "scgan", "apma", "auto"]
     assert registry.baselines() == ("none", "adabn", "adda")
     groups = {f.metadata["group"][0] for f in dataclasses.fields(AdaptConfig)
               if "group" in f.metadata}

@@ -22,16 +22,26 @@ def image_folder(tmp_path):
     return folder
 
 
-def test_get_reader_accepts_folder_and_model_files_only(tmp_path, image_folder, tiny_model_path):
+def test_get_reader_accepts_folders_and_model_files_only(tmp_path, image_folder,
+                                                        tiny_model_path, monkeypatch):
+    import napari_lmadda._reader as reader
+
     assert callable(get_reader(str(image_folder)))
     assert callable(get_reader([str(image_folder)]))
     assert callable(get_reader(str(tiny_model_path)))
     (tmp_path / "notes.txt").write_text("hello")
-    (tmp_path / "empty").mkdir()
-    for path in (tmp_path / "notes.txt", tmp_path / "empty", tmp_path / "missing",
-                 tmp_path / "missing.pt"):
+    (tmp_path / "store.zarr").mkdir()
+    for path in (tmp_path / "notes.txt", tmp_path / "missing", tmp_path / "missing.pt",
+                 tmp_path / "store.zarr"):
         assert get_reader(str(path)) is None
     assert get_reader([str(image_folder), str(image_folder)]) is None
+    # a folder with nothing to open is refused by the reader, in one line (never by napari
+    # with a traceback): nothing is added
+    (tmp_path / "empty").mkdir()
+    messages = []
+    monkeypatch.setattr(reader, "_notify", lambda kind, msg: messages.append((kind, msg)))
+    assert get_reader(str(tmp_path / "empty"))(str(tmp_path / "empty")) == [(None,)]
+    assert messages[0][0] == "warning" and "'empty' holds no images" in messages[0][1]
 
 
 def test_folder_opens_as_one_stack(image_folder):

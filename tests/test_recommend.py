@@ -86,16 +86,47 @@ def _row(layer, w2, p=0.02, acc=math.nan, sliced=None, sliced_p=None):
                     w2 / 10, w2 / 10, sw / 10, p, p, sp, acc)
 
 
-def test_rule_picks_the_first_layer_reaching_the_fraction():
+def test_old_rule_picks_the_first_layer_reaching_the_fraction():
     rows = [_row(1, 0.1), _row(2, 0.6), _row(3, 1.0), _row(4, 0.9)]
-    layer, conf, reason, det = choose_layer(rows, p_value=0.03, fraction=0.5)
+    old = {"rule": "first-reaching"}
+    layer, conf, reason, det = choose_layer(rows, p_value=0.03, fraction=0.5, **old)
     assert layer == 2 and conf == 1.0 and "layer 2" in reason
-    assert det["profile"][3] == 1.0
-    layer, *_ = choose_layer(rows, p_value=0.03, fraction=0.05)
+    assert det["profile"][3] == 1.0 and det["ranking"][0] == 2
+    layer, *_ = choose_layer(rows, p_value=0.03, fraction=0.05, **old)
     assert layer == 1
     # a layer that is not significant on its own cannot be picked
     rows[1] = _row(2, 0.6, p=0.4)
-    assert choose_layer(rows, p_value=0.03)[0] == 3
+    assert choose_layer(rows, p_value=0.03, **old)[0] == 3
+
+
+def _snr_row(layer, between, floor, gap=1.0):
+    """A row whose three distances are ``between`` across domains and ``floor`` within one."""
+    return LayerGap(layer, f"l{layer}", "down", 8, 8, 8, gap, gap, gap, between, between,
+                    between, floor, floor, floor, 0.03, 0.03, 0.03)
+
+
+def test_default_rule_ranks_encoder_layers_by_signal_to_noise():
+    # layer 2 has the largest ratio of the encoder (1..4 of 8) although layer 3's raw gap is
+    # 100x larger; decoder layer 6 has an even larger ratio but comes after the encoder
+    rows = [_snr_row(1, 2.0, 1.0), _snr_row(2, 30.0, 1.0, gap=0.5),
+            _snr_row(3, 500.0, 100.0, gap=50.0), _snr_row(4, 3.0, 1.0),
+            _snr_row(5, 1.0, 1.0), _snr_row(6, 90.0, 1.0), _snr_row(7, 1.0, 1.0),
+            _snr_row(8, 4.0, 1.0)]
+    layer, conf, reason, det = choose_layer(rows, p_value=0.03, num_layers=8)
+    assert layer == 2 and conf == 1.0
+    assert det["ranking"] == [2, 3, 4, 1, 6, 8, 5, 7]
+    assert "30.0x further" in reason and "encoder" in reason
+    # without the encoder restriction the decoder layer wins
+    assert choose_layer(rows, p_value=0.03, num_layers=8, rule="snr")[0] == 6
+    # the largest raw gap is what the "largest-gap" rule reads
+    assert choose_layer(rows, p_value=0.03, num_layers=8, rule="largest-gap")[0] == 3
+
+
+def test_unknown_rule_is_a_config_error():
+    from napari_lmadda.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rule must be one of"):
+        choose_layer([_snr_row(1, 2.0, 1.0)], p_value=0.03, rule="best")
 
 
 def test_rule_says_no_adaptation_without_a_significant_shift():
@@ -106,18 +137,20 @@ def test_rule_says_no_adaptation_without_a_significant_shift():
 
 def test_rule_confidence_is_agreement_of_the_measures():
     rows = [_row(1, 1.0, acc=0.55), _row(2, 0.2, acc=1.0)]
-    layer, conf, _, det = choose_layer(rows, p_value=0.03, n_heldout=64)
+    old = {"rule": "first-reaching"}
+    layer, conf, _, det = choose_layer(rows, p_value=0.03, n_heldout=64, **old)
     assert layer == 1 and det["picks"]["probe"] == 2 and conf == 0.75
     # two against two: the earlier layer, confidence 0.5
     rows = [_row(1, 1.0, acc=0.55, sliced=0.1, sliced_p=0.5), _row(2, 0.2, acc=1.0)]
-    layer, conf, _, det = choose_layer(rows, p_value=0.03, n_heldout=64)
+    layer, conf, _, det = choose_layer(rows, p_value=0.03, n_heldout=64, **old)
     assert det["picks"] == {"w2": 1, "bhattacharyya": 1, "sliced_w2": 2, "probe": 2}
     assert layer == 1 and conf == 0.5
 
 
 def test_rule_a_probe_far_above_chance_detects_a_shift():
     rows = [_row(1, 0.5, p=0.5, acc=0.6), _row(2, 0.2, p=0.5, acc=0.97)]
-    layer, conf, reason, _ = choose_layer(rows, p_value=0.5, n_heldout=32)
+    layer, conf, reason, _ = choose_layer(rows, p_value=0.5, n_heldout=32,
+                                          rule="first-reaching")
     assert layer == 2 and "probe above chance" in reason and conf == 0.25
 
 

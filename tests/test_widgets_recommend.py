@@ -1,19 +1,19 @@
-"""Adapt dock: layer recommendation on the slider, trust-map layers, the engine's method menu."""
+"""Adapt step: layer recommendation on the slider, trust-map layers, the engine's method menu."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-PLUGIN = "napari-lmadda"
+from widget_helpers import PLUGIN, open_dock
 
 
 @pytest.fixture
 def docks(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
-    widgets = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
-               for name in ("Model", "Data", "Adapt")}
-    return viewer, widgets
+    dock = open_dock(viewer)
+    return viewer, {"Model": dock.model, "Data": dock.images, "Adapt": dock.adapt,
+                    "dock": dock}
 
 
 @pytest.fixture
@@ -24,16 +24,16 @@ def loaded(docks, tiny_model_path):
     viewer.open_sample(PLUGIN, "cells")
     adapt = w["Adapt"]
     adapt.patch_spin.setValue(32)
-    adapt.recommend_options["probe_steps"] = 15
-    return viewer, adapt
+    adapt.recommender.options["probe_steps"] = 15
+    return viewer, adapt, w["dock"].results
 
 
 def _idle(adapt):
-    return adapt.rec_task is None and adapt.task is None and not adapt.state.busy
+    return adapt.recommender.task is None and adapt.task is None and not adapt.state.busy
 
 
 def test_default_layer():
-    from napari_lmadda.widgets.adapt import default_layer
+    from napari_lmadda.widgets.adapt_step import default_layer
 
     assert default_layer(12) == 10  # the demo model: the benchmark's best CD29 layer
     assert default_layer(16) == 13  # the paper's UNet: its best CD29 layer
@@ -44,7 +44,7 @@ def test_default_layer():
 
 def test_method_combo_lists_engine_methods(docks, monkeypatch):
     from napari_lmadda.adapt import engine
-    from napari_lmadda.widgets.adapt import AdaptWidget
+    from napari_lmadda.widgets.adapt_step import AdaptStep
 
     viewer, w = docks
     adapt = w["Adapt"]
@@ -55,7 +55,7 @@ def test_method_combo_lists_engine_methods(docks, monkeypatch):
     for method in combo:
         adapt.set_method(method)
         hidden[method] = (adapt.layer_slider.isHidden(), adapt.range_slider.isHidden(),
-                          adapt.recommend_btn.isVisibleTo(adapt))
+                          adapt.recommender.button.isVisibleTo(adapt))
     assert hidden["lmadda"] == (False, True, True)
     assert hidden["adabn"] == (False, True, True)
     assert hidden["lmadda-multi"] == (True, False, True)
@@ -66,7 +66,7 @@ def test_method_combo_lists_engine_methods(docks, monkeypatch):
     from napari_lmadda.adapt.config import AdaptConfig
 
     if "apma" in combo:
-        parts = adapt.option_combos["apma_parts"]
+        parts = adapt.option_fields["apma_parts"]
         adapt.set_method("apma")
         assert not parts.isHidden() and adapt.layers() == ()
         parts.setCurrentText("en+de_feat")
@@ -78,7 +78,7 @@ def test_method_combo_lists_engine_methods(docks, monkeypatch):
 
     monkeypatch.setitem(engine.METHODS, "zz-test",
                         replace(engine.METHODS["none"], name="zz-test", label="zz-test"))
-    fresh = AdaptWidget(viewer)
+    fresh = AdaptStep(viewer)
     assert fresh.method_combo.findData("zz-test") >= 0
     fresh.set_method("zz-test")
     assert fresh.method_combo.currentText() == "zz-test"
@@ -92,7 +92,7 @@ def test_recommend_sets_slider_and_survives_method_changes(loaded, qtbot):
 
     from napari_lmadda.widgets.state import Recommendation
 
-    viewer, adapt = loaded
+    viewer, adapt, results = loaded
     assert adapt.layer_slider.value() == 8  # default: 5/6 of the tiny model's 10 layers
     assert adapt.layer_slider.mark is None and not adapt.plot_tabs.isTabEnabled(1)
     # a shift no random UNet misses: phase contrast vs uniform noise
@@ -101,56 +101,59 @@ def test_recommend_sets_slider_and_survives_method_changes(loaded, qtbot):
     adapt.state.set_selection("target", type(adapt.state.selections["source"])("layer", "noise"))
     adapt.layer_slider.setValue(6)
     assert adapt.recommend()
-    assert not adapt.run_btn.isEnabled() and adapt.recommend_btn.text() == "Recommending…"
+    assert not adapt.run_btn.isEnabled()
+    assert adapt.recommender.button.text() == "Recommending…"
     assert adapt.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: _idle(adapt), timeout=60_000)
     rec = adapt.state.recommendation
-    assert rec is not None and adapt.last_recommend_error is None
+    assert rec is not None and adapt.recommender.last_error is None
     assert rec.patch_size == 32 and len(rec.result.rows) == 10
     layer = rec.layer
     assert layer is not None and layer != 6
     assert adapt.layer_slider.value() == layer
     assert adapt.layer_slider.mark == layer and adapt.layer_slider.mark_x() is not None
-    text = adapt.rec_label.text()
+    text = adapt.recommender.label.text()
     assert f"recommended: layer {layer}</b> (confidence {rec.result.confidence:.2f})" in text
     assert "▲ recommended" in adapt.layer_label.text()
-    assert adapt.plot_tabs.isTabEnabled(1) and adapt.plot_tabs.currentWidget() is adapt.gap_plot
-    assert adapt.gap_plot.values[layer] == pytest.approx(rec.result.profile[layer])
-    assert adapt.run_btn.isEnabled() and adapt.recommend_btn.text() == "Recommend layer"
+    assert adapt.plot_tabs.isTabEnabled(1)
+    assert adapt.plot_tabs.currentWidget() is adapt.recommender.gap_plot
+    assert adapt.recommender.gap_plot.values[layer] == pytest.approx(rec.result.profile[layer])
+    assert adapt.run_btn.isEnabled()
+    assert adapt.recommender.button.text() == "Recommend layer"
     # the recommendation is the viewer's, not the method's
     adapt.set_method("adda")
-    assert adapt.layers() == () and not adapt.recommend_btn.isVisibleTo(adapt)
+    assert adapt.layers() == () and not adapt.recommender.button.isVisibleTo(adapt)
     adapt.set_method("lmadda")
     assert adapt.layer_slider.value() == layer and adapt.layer_slider.mark == layer
-    assert "recommended: layer" in adapt.rec_label.text()
+    assert "recommended: layer" in adapt.recommender.label.text()
     adapt.layer_slider.setValue(layer % 10 + 1)
     assert "▲ recommended" not in adapt.layer_label.text()
     # other images: the recommendation is kept but flagged
     adapt.state.set_selection("target", adapt.state.selections["source"])
-    assert "measured on other images" in adapt.rec_label.text()
+    assert "measured on other images" in adapt.recommender.label.text()
     # "no adaptation needed": shown, no mark, the slider stays
     adapt.layer_slider.setValue(4)
     none = replace(rec.result, layer=None, confidence=1.0,
                    reason="no adaptation needed: the target images are no further")
     adapt.state.set_recommendation(Recommendation(none, dict(adapt.state.selections), 32))
-    assert "no adaptation needed</b> (confidence 1.00)" in adapt.rec_label.text()
+    assert "no adaptation needed</b> (confidence 1.00)" in adapt.recommender.label.text()
     assert adapt.layer_slider.mark is None and adapt.layer_slider.value() == 4
     # a new model drops it
     adapt.state.set_model(adapt.state.model, "same model again")
     assert adapt.state.recommendation is None and adapt.layer_slider.mark is None
-    assert "not measured" in adapt.rec_label.text() and not adapt.plot_tabs.isTabEnabled(1)
+    assert "not measured" in adapt.recommender.label.text() and not adapt.plot_tabs.isTabEnabled(1)
 
 
 def test_recommendation_can_be_stopped(loaded, qtbot):
-    viewer, adapt = loaded
-    adapt.recommend_options["probe_steps"] = 200
+    viewer, adapt, results = loaded
+    adapt.recommender.options["probe_steps"] = 200
     assert adapt.recommend()
     adapt.stop()
     assert adapt.stop_btn.text() == "Stopping…" and not adapt.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: _idle(adapt), timeout=60_000)
-    assert "cancelled" in adapt.last_recommend_error
+    assert "cancelled" in adapt.recommender.last_error
     assert adapt.state.recommendation is None
-    assert adapt.recommend_btn.isEnabled() and adapt.stop_btn.text() == "Stop"
+    assert adapt.recommender.button.isEnabled() and adapt.stop_btn.text() == "Stop"
 
 
 def test_failing_recommendation_notifies_and_reenables(docks, tiny_model_path, errors, qtbot):
@@ -169,14 +172,13 @@ def test_failing_recommendation_notifies_and_reenables(docks, tiny_model_path, e
     assert errors[-1].startswith("Layer recommendation failed: patch size 32 is larger")
     assert "\n" not in errors[-1]
     assert adapt.state.recommendation is None
-    assert adapt.recommend_btn.isEnabled() and adapt.run_btn.isEnabled()
+    assert adapt.recommender.button.isEnabled() and adapt.run_btn.isEnabled()
     assert adapt.method_combo.isEnabled() and adapt.layer_slider.isEnabled()
     assert not adapt.stop_btn.isEnabled()
 
 
 def test_trust_map_layers(loaded, qtbot):
-    viewer, adapt = loaded
-    results = adapt.results
+    viewer, adapt, results = loaded
     assert results.predict()  # no trust map unless asked
     qtbot.waitUntil(lambda: _idle(adapt) and results.task is None, timeout=30_000)
     assert "DAPI [unadapted]" in viewer.layers

@@ -3,7 +3,7 @@
 The source set is phase contrast (the modality the demo model was trained on); the
 new-microscope set is bright-field images of other cells, with their DAPI and CD29 ground truth
 (hidden) so the virtual stains can be judged. Opening the sample also chooses the two sets in
-the Data widget and loads the bundled demo model when it is installed.
+the dock's Images step and loads the bundled demo model when it is installed.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def make_sample_data() -> list[tuple[Any, dict, str]]:
 
 
 def _select_in_current_viewer() -> None:
-    """Choose the sample sets in the Data widget and load the demo model if there is one."""
+    """Choose the sample sets in the Images step and load the demo model if there is one."""
     import napari
 
     from .widgets.state import DataSelection, get_state
@@ -63,6 +63,6 @@ def _select_in_current_viewer() -> None:
         from .assets import ASSETS
 
         if (ASSETS / "demo_model.pt").is_file():
-            from .widgets.model import DEMO, load_into_state
+            from .widgets.model_step import DEMO, load_into_state
 
             load_into_state(viewer, DEMO)

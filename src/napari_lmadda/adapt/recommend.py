@@ -89,6 +89,9 @@ __all__ = [
 
 #: the four gap measures, in table order
 MEASURES = ("w2", "bhattacharyya", "sliced_w2", "probe")
+#: rules of :func:`choose_layer` (validated in ``docs/benchmarks.md``)
+RULES = ("snr-encoder", "snr", "largest-gap", "first-reaching")
+DEFAULT_RULE = "snr-encoder"
 _DISTANCES = ("w2", "bhattacharyya", "sliced_w2")
 _GROUPS = 4  # groups of images per domain: C(8, 4) / 2 = 35 splits for the permutation test
 _LABELS = {
@@ -172,6 +175,10 @@ class LayerRecommendation:
         Per measure, the layers where it sees a significant gap.
     fraction, alpha : float
         The rule's parameters.
+    ranking : list of int
+        Layers from the most to the least recommended (empty when no layer is recommended).
+    rule : str
+        The rule that decided (one of :data:`RULES`).
     settings : dict
         How the measurement was made (patches, patch size, probe steps, seed, BN mode, ...).
     """
@@ -187,6 +194,8 @@ class LayerRecommendation:
     fraction: float = 0.5
     alpha: float = 0.05
     settings: dict[str, Any] = field(default_factory=dict)
+    ranking: list[int] = field(default_factory=list)
+    rule: str = ""
 
     @property
     def shift_detected(self) -> bool:
@@ -215,7 +224,8 @@ class LayerRecommendation:
             "reason": self.reason,
             "shift_detected": self.shift_detected,
             "p_value": self.p_value,
-            "rule": {"fraction": self.fraction, "alpha": self.alpha},
+            "rule": {"name": self.rule, "fraction": self.fraction, "alpha": self.alpha},
+            "ranking": self.ranking,
             "picks": self.picks,
             "significant": self.significant,
             "profile": {str(k): v for k, v in self.profile.items()},
@@ -543,6 +553,36 @@ def _depth_hint(layer: int, num_layers: int) -> str:
     return "a decoder layer, as for changes of modality or content"
 
 
+def layer_snr(row: LayerGap, measure: str) -> float:
+    """Return ``log(between / floor)`` of a distance at one layer.
+
+    How many times further the new images are from the source images than two sets of
+    source images are from each other (0 = no further).
+    """
+    between = float(getattr(row, f"{measure}_between"))
+    floor = float(getattr(row, f"{measure}_floor"))
+    tiny = 1e-12 + 1e-9 * max(between, floor)
+    return math.log((between + tiny) / (floor + tiny))
+
+
+def _measure_scores(rows: Sequence[LayerGap], rule: str, measures: Sequence[str],
+                    alpha: float, p_thr: float) -> dict[str, dict[int, float]]:
+    """Per measure, the score of every layer that the rule maximises."""
+    out: dict[str, dict[int, float]] = {}
+    for m in measures:
+        if rule in ("snr", "snr-encoder"):
+            out[m] = {r.layer: layer_snr(r, m) for r in rows}
+            continue
+        raw = {}
+        for r in rows:
+            v = r.value(m)
+            ok = v >= p_thr if m == "probe" else (v > 0 and r.p_value(m) <= alpha)
+            raw[r.layer] = (v - 0.5 if m == "probe" else v) if ok else 0.0
+        top = max(raw.values())
+        out[m] = {layer: (v / top if top > 0 else 0.0) for layer, v in raw.items()}
+    return out
+
+
 def choose_layer(
     rows: Sequence[LayerGap],
     *,
@@ -551,8 +591,9 @@ def choose_layer(
     alpha: float = 0.05,
     n_heldout: int = 32,
     num_layers: int | None = None,
+    rule: str | None = None,
 ) -> tuple[int | None, float, str, dict[str, Any]]:
-    """Apply the recommendation rule of the module docstring to measured rows.
+    """Apply a recommendation rule (default :data:`DEFAULT_RULE`) to measured rows.
 
     Parameters
     ----------
@@ -561,14 +602,16 @@ def choose_layer(
     p_value : float
         The global permutation p-value (is there a shift at all?).
     fraction : float
-        In (0, 1]: the recommended layer is the earliest whose combined gap reaches this
-        fraction of the maximum.
+        In (0, 1]: for the ``first-reaching`` rule, the recommended layer is the earliest
+        whose gap reaches this fraction of the maximum.
     alpha : float
         Significance level of the permutation tests (global and per layer).
     n_heldout : int
         Held-out patches of the probe (both domains), for its significance threshold.
     num_layers : int, optional
-        Layers of the model (for the wording of the reason).
+        Layers of the model (the encoder is ``1 .. num_layers // 2``; default: the last row).
+    rule : str, optional
+        One of :data:`RULES` (see the module docstring); None = :data:`DEFAULT_RULE`.
 
     Returns
     -------
@@ -579,8 +622,12 @@ def choose_layer(
     reason : str
         Why.
     details : dict
-        ``picks``, ``profile`` and ``significant`` (see :class:`LayerRecommendation`).
+        ``picks``, ``profile``, ``significant`` and ``ranking`` (see
+        :class:`LayerRecommendation`).
     """
+    rule = DEFAULT_RULE if rule is None else rule
+    if rule not in RULES:
+        raise ConfigError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction!r}")
     if not 0 < alpha < 1:
@@ -589,27 +636,35 @@ def choose_layer(
         raise ConfigError("no layer was measured")
     layers = [r.layer for r in rows]
     names = {r.layer: r.name for r in rows}
+    total = num_layers or max(layers)
     p_thr = _probe_threshold(n_heldout)
     measures = [m for m in MEASURES if all(math.isfinite(r.value(m)) for r in rows)]
-    significant: dict[str, list[int]] = {}
-    profiles: dict[str, dict[int, float]] = {}
-    for m in measures:
-        raw = {}
-        for r in rows:
-            v = r.value(m)
-            ok = v >= p_thr if m == "probe" else (v > 0 and r.p_value(m) <= alpha)
-            raw[r.layer] = (v - 0.5 if m == "probe" else v) if ok else 0.0
-        significant[m] = [layer for layer in layers if raw[layer] > 0]
-        top = max(raw.values())
-        profiles[m] = {layer: (v / top if top > 0 else 0.0) for layer, v in raw.items()}
-    combined = {layer: float(np.mean([profiles[m][layer] for m in measures])) for layer in layers}
-    picks = {m: _first_reaching(profiles[m], fraction) for m in measures}
+    significant = {m: [r.layer for r in rows
+                       if (r.value(m) >= p_thr if m == "probe"
+                           else r.value(m) > 0 and r.p_value(m) <= alpha)]
+                   for m in measures}
+    snr_rule = rule in ("snr", "snr-encoder")
+    voters = [m for m in measures if m != "probe"] if snr_rule else measures
+    scores = _measure_scores(rows, rule, voters, alpha, p_thr)
+    combined = {layer: float(np.mean([scores[m][layer] for m in voters])) for layer in layers}
+    allowed = ([k for k in layers if k <= total // 2] or layers) if rule == "snr-encoder" \
+        else layers
+    if rule == "first-reaching":
+        picks = {m: _first_reaching(scores[m], fraction) for m in voters}
+    else:
+        picks = {m: (max(allowed, key=lambda k, m=m: (scores[m][k], -k))
+                     if max(scores[m][k] for k in allowed) > 0 else None) for m in voters}
+    ranking = sorted(allowed, key=lambda k: (-combined[k], k)) + sorted(
+        (k for k in layers if k not in allowed), key=lambda k: (-combined[k], k))
+    top = max(combined.values())
+    profile = {k: (max(v, 0.0) / top if top > 0 else 0.0) for k, v in combined.items()}
     seeing = [m for m in measures if significant[m]]
     probe_hit = False
     if "probe" in measures:
         z = NormalDist().inv_cdf(1 - alpha / len(rows))
         probe_hit = max(r.probe_acc for r in rows) >= 0.5 + z * math.sqrt(0.25 / n_heldout)
-    details = {"picks": picks, "profile": combined, "significant": significant}
+    details = {"picks": picks, "profile": profile, "significant": significant,
+               "ranking": ranking}
     probe_txt = ""
     if "probe" in measures:
         best_probe = max(r.probe_acc for r in rows)
@@ -617,12 +672,13 @@ def choose_layer(
     shift = p_value <= alpha or probe_hit
     test_txt = (f"permutation p = {p_value:.2g}" if p_value <= alpha else
                 f"probe above chance at the Bonferroni level; permutation p = {p_value:.2g}")
-    if shift and not seeing:
+    if shift and not seeing and not snr_rule:
         reason = (
             f"no layer to recommend: the target differs from the source overall (permutation "
             f"p = {p_value:.2g}) but no single layer shows it significantly; measure with more "
             f"patches or images{probe_txt}"
         )
+        details["ranking"] = []
         return None, 0.0, reason, details
     if not shift:
         conf = 1.0 - len(seeing) / len(measures)
@@ -632,18 +688,40 @@ def choose_layer(
             f"{p_value:.2g} > {alpha:g}; {len(measures) - len(seeing)} of {len(measures)} "
             f"measures see no significant layer){probe_txt}"
         )
+        details["ranking"] = []
         return None, conf, reason, details
-    votes = [v for v in picks.values() if v is not None]
-    layer = min(set(votes), key=lambda k: (-votes.count(k), k))
-    agree = [m for m in measures if picks[m] == layer]
-    conf = len(agree) / len(measures)
+    if rule == "first-reaching":
+        votes = [v for v in picks.values() if v is not None]
+        layer = min(set(votes), key=lambda k: (-votes.count(k), k))
+        details["ranking"] = [layer] + [k for k in ranking if k != layer]
+    else:
+        layer = ranking[0]
+    agree = [m for m in voters if picks[m] == layer]
+    conf = len(agree) / len(voters)
     pick_txt = ", ".join(
-        f"{_LABELS[m]} {picks[m] if picks[m] is not None else '-'}" for m in measures)
-    reason = (
-        f"match layer {layer} ({names[layer]}): {len(agree)} of {len(measures)} measures pick "
-        f"it as the first layer where their gap reaches {fraction:.0%} of its largest "
-        f"({pick_txt}); shift detected ({test_txt}){probe_txt}"
-    )
+        f"{_LABELS[m]} {picks[m] if picks[m] is not None else '-'}" for m in voters)
+    if snr_rule:
+        r = next(r for r in rows if r.layer == layer)
+        ratio = math.exp(combined[layer])
+        where = "among the encoder layers, " if rule == "snr-encoder" else ""
+        nxt = ", ".join(str(k) for k in details["ranking"][1:3])
+        reason = (
+            f"match layer {layer} ({names[layer]}): {where}it is where the new images stand "
+            f"out most from the source images, {ratio:.1f}x further from them than two sets "
+            f"of source images are from each other (W2 between {r.w2_between:.3g}, within "
+            f"{r.w2_floor:.3g}); {len(agree)} of {len(voters)} distances pick it ({pick_txt});"
+            f" next: layers {nxt}; shift detected ({test_txt}){probe_txt}"
+        )
+    else:
+        reason = (
+            f"match layer {layer} ({names[layer]}): {len(agree)} of {len(voters)} measures "
+            f"pick it as the first layer where their gap reaches {fraction:.0%} of its largest "
+            f"({pick_txt}); shift detected ({test_txt}){probe_txt}"
+        ) if rule == "first-reaching" else (
+            f"match layer {layer} ({names[layer]}): the largest combined gap; {len(agree)} of "
+            f"{len(voters)} measures pick it ({pick_txt}); shift detected ({test_txt})"
+            f"{probe_txt}"
+        )
     if num_layers:
         reason += f". Heuristic reading: {_depth_hint(layer, num_layers)}"
     return layer, conf, reason, details
@@ -664,6 +742,7 @@ def recommend_layer(
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    rule: str | None = None,
 ) -> LayerRecommendation:
     """Measure the gap at every layer and recommend the layer to match (no labels needed).
 
@@ -675,6 +754,8 @@ def recommend_layer(
         Unlabeled source-microscope and new-microscope images.
     fraction, alpha : float
         Parameters of the rule (:func:`choose_layer`).
+    rule : str, optional
+        One of :data:`RULES`; None = :data:`DEFAULT_RULE`.
     layers, n_patches, patch_size, probe_steps, device, seed, progress, cancel :
         As in :func:`measure_layer_gaps`.
 
@@ -689,13 +770,14 @@ def recommend_layer(
     n_held = how["n_heldout"]
     layer, conf, reason, det = choose_layer(rows, p_value=how["p_value"], fraction=fraction,
                                             alpha=alpha, n_heldout=n_held,
-                                            num_layers=model.num_layers)
+                                            num_layers=model.num_layers, rule=rule)
     settings = {"n_patches": int(n_patches), "patch_size": int(patch_size),
                 "probe_steps": int(probe_steps), "seed": int(seed), "bn_mode": "eval",
                 "probe_threshold": _probe_threshold(n_held), "num_layers": model.num_layers,
                 **{k: how[k] for k in ("split", "groups", "patches_per_group", "n_splits")}}
     return LayerRecommendation(rows, layer, conf, reason, how["p_value"], det["picks"],
-                               det["profile"], det["significant"], fraction, alpha, settings)
+                               det["profile"], det["significant"], fraction, alpha, settings,
+                               det["ranking"], rule or DEFAULT_RULE)
 
 
 # ------------------------------------------------------------------ output

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import adabn, adda, apma, lmadda, lmadda_multi, none, scgan
+from . import adabn, adda, apma, auto, lmadda, lmadda_multi, none, scgan
 from .config import AdabnOptions, ApmaOptions, ScganOptions
 
 __all__ = ["LAYER_USES", "MethodEntry", "METHODS", "method_names", "baselines", "get",
@@ -28,6 +28,7 @@ LAYER_USES = {
     "several": "matches two or more layers (required)",
     "upto": "optional: changes the layers up to the given one, or exactly those listed",
     "encoder": "optional: one encoder layer it reads (default the bottleneck)",
+    "candidates": "optional: the LM-ADDA layers to try (default: the recommendation's top 3)",
 }
 
 
@@ -97,6 +98,10 @@ METHODS: dict[str, MethodEntry] = {e.name: e for e in (
                 summary="a CycleGAN translator in front of the unchanged source model"),
     MethodEntry("apma", "APMA", "encoder", apma.make, options=ApmaOptions,
                 summary="reconstruction decoder and discriminators on features/predictions"),
+    MethodEntry("auto", "Auto (choose without labels)", "candidates", auto.run,
+                adversarial=False,
+                summary="tries no adaptation, AdaBN and LM-ADDA at the recommended layers "
+                        "within 3 runs' budget; keeps one only if it clearly helps"),
 )}
 
 

@@ -161,10 +161,16 @@ def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
         if result.reason is not StopReason.CANCELLED:  # a cancelled run stays resumable
             state.unlink(missing_ok=True)
     value = result.provenance.get("criterion_value")
-    say(f"stop reason: {result.reason.value}; kept step {result.best_step} of "
-        f"{result.steps_done} (criterion {result.criterion} = {fmt_float(value)})")
-    if result.reason not in (StopReason.COMPLETED,) and result.message:
-        say(result.message)
+    report = getattr(result, "report", None)  # method auto: what each candidate did
+    if report is not None:
+        from ..adapt.auto import format_report
+
+        say(format_report(report))
+    else:
+        say(f"stop reason: {result.reason.value}; kept step {result.best_step} of "
+            f"{result.steps_done} (criterion {result.criterion} = {fmt_float(value)})")
+        if result.reason not in (StopReason.COMPLETED,) and result.message:
+            say(result.message)
     say(f"wrote {out}")
     release_memory(cfg.device if cfg.device != "auto" else None)
     return 0 if result.reason in (StopReason.COMPLETED, StopReason.EARLY_STOP) else 1

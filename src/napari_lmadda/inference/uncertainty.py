@@ -37,6 +37,7 @@ __all__ = [
     "predictive_uncertainty",
     "uncertainty_score",
     "trust_map",
+    "tta_predict",
 ]
 
 #: how the spread is obtained
@@ -202,15 +203,16 @@ def uncertainty_score(models_or_model: Any, images: Any, *, n_samples: int = 8,
 
 
 class _SpreadModel:
-    """Wraps a model so that one ``forward`` returns the spread of several passes.
+    """Wraps a model so that one ``forward`` returns the spread (or mean) of several passes.
 
     It quacks like a :class:`UNetGenerator` for :func:`~.inference.predict.predict_image`
     (``config``, ``min_size``, ``meta``, ``parameters``, ``modules``, ``eval``), which then
     does the normalisation, padding, tiling and blending.
     """
 
-    def __init__(self, model: Any, method: str, n_samples: int) -> None:
+    def __init__(self, model: Any, method: str, n_samples: int, reduce: str = "std") -> None:
         self.model, self.method, self.n_samples = model, method, n_samples
+        self.reduce = reduce
         self.config = model.config
         self.min_size = model.min_size
         self.meta = getattr(model, "meta", {}) or {}
@@ -226,7 +228,8 @@ class _SpreadModel:
         return self
 
     def __call__(self, x: Any) -> Any:
-        return _samples([self.model], self.method, x, self.n_samples).std(0, unbiased=False)
+        samples = _samples([self.model], self.method, x, self.n_samples)
+        return samples.mean(0) if self.reduce == "mean" else samples.std(0, unbiased=False)
 
 
 def trust_map(
@@ -298,3 +301,45 @@ def trust_map(
         half = 0.5 * np.abs(np.asarray(norm.hi, np.float64) - np.asarray(norm.lo, np.float64))
         std = (std * half[:, None, None]).astype(np.float32)
     return np.maximum(std, 0).astype(np.float32)
+
+
+def tta_predict(
+    model: Any,
+    image2d: np.ndarray,
+    *,
+    n_samples: int = 8,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Predict one image as the average over flips and 90-degree rotations (TTA).
+
+    Each tile is predicted in up to 8 orientations (4 for a non-square tile), each prediction
+    turned back, and the mean taken; the tiles are then blended as by
+    :func:`~.inference.predict.predict_image`. The spread of the same predictions is
+    :func:`trust_map` with ``method="tta"``.
+
+    Parameters
+    ----------
+    model : UNetGenerator
+        The (adapted) model.
+    image2d : ndarray
+        ``(H, W)`` raw image.
+    n_samples : int
+        Orientations per tile (2 to 8).
+    tile, overlap, batch_size : int
+        Tiling, as for prediction.
+
+    Returns
+    -------
+    ndarray
+        ``(C, H, W)`` float32 in stain units, same height and width as the image.
+    """
+    from .predict import predict_image
+
+    if int(n_samples) < 2:
+        raise ConfigError(f"n_samples must be >= 2, got {n_samples}")
+    wrapped = _SpreadModel(model, "tta", int(n_samples), reduce="mean")
+    with _Restore([model]):
+        return predict_image(wrapped, image2d, tile=tile, overlap=overlap,
+                             batch_size=batch_size)

@@ -1,9 +1,10 @@
 """The state the plugin's widgets share within one viewer, with psygnal signals.
 
 One :class:`LmaddaState` exists per viewer (:func:`get_state`). It holds the loaded model, the
-two image selections and the last adaptation result; widgets change it and subscribe to its
-signals, so the Model, Data and Adapt docks (and the reader and sample data) stay in step
-without knowing each other. Nothing here imports Qt or torch.
+two image selections, the adaptation results (each run that produced a new model, numbered),
+the layer recommendation and the layers the plugin made. The dock's steps change it and
+subscribe to its signals, so they (and the reader and the sample data) stay in step without
+knowing each other. Nothing here imports Qt or torch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = [
     "get_state",
     "channel_names",
     "ROLES",
+    "unchanged",
+    "unwrap",
 ]
 
 Role = Literal["source", "target"]
@@ -57,6 +60,16 @@ class DataSelection:
         return f"layer '{self.value}'"
 
 
+def unchanged(result: AdaptResult) -> bool:
+    """Whether a run ended with the model it started from (nothing better was found).
+
+    True when a method that trains (every method but ``none``) kept step 0: the unadapted
+    model's state, e.g. a run stopped before its first evaluation, or one whose label-free
+    criterion never improved on the start.
+    """
+    return result.method != "none" and int(result.best_step) == 0
+
+
 @dataclass
 class AdaptedModel:
     """An adapted model with what made it (for layer names and exported metadata).
@@ -67,10 +80,16 @@ class AdaptedModel:
         What the engine returned.
     base_label : str
         Label of the model that was adapted.
+    run : int
+        Number of the run that made it (1, 2, ... for one loaded model; 0 until kept).
+    model_serial : int
+        Which loaded model it belongs to (:attr:`LmaddaState.model_serial`).
     """
 
     result: AdaptResult
     base_label: str
+    run: int = 0
+    model_serial: int = 0
 
     @property
     def model(self) -> UNetGenerator:
@@ -83,6 +102,12 @@ class AdaptedModel:
         from ..adapt.registry import result_tag
 
         return result_tag(self.result.method, self.result.layers)
+
+    def describe(self) -> str:
+        """``lmadda L10 · run 2 (completed, kept step 120)``."""
+        r = self.result
+        return (f"{self.tag} · run {self.run} ({r.reason.value}, kept step {r.best_step} "
+                f"of {r.steps_done})")
 
 
 @dataclass
@@ -113,7 +138,7 @@ class Recommendation:
 
 
 class LmaddaState:
-    """Model, image selections, the last adapted model and layer recommendation of one viewer.
+    """Model, image selections, adaptation results and plugin-made layers of one viewer.
 
     Signals
     -------
@@ -122,11 +147,14 @@ class LmaddaState:
     data_changed(str)
         A selection changed (``"source"`` or ``"target"``).
     adapted_changed(object)
-        A new :class:`AdaptedModel` (or None).
+        The current :class:`AdaptedModel` changed (or None).
     busy_changed(bool)
-        An adaptation or prediction started (True) or ended (False).
+        A long task started (True) or ended (False).
     recommendation_changed(object)
         A new :class:`Recommendation` for the loaded model (or None).
+    message(str, str)
+        Something the user must read, ``(level, text)`` with level ``error``, ``warning``
+        or ``info``: the dock shows it where the eye is.
     """
 
     model_changed = Signal(object)
@@ -134,22 +162,29 @@ class LmaddaState:
     adapted_changed = Signal(object)
     busy_changed = Signal(bool)
     recommendation_changed = Signal(object)
+    message = Signal(str, str)
 
     def __init__(self) -> None:
         self.model: UNetGenerator | None = None
         self.model_label: str = ""
         self.model_path: Path | None = None
+        self.model_serial: int = 0
         self.selections: dict[str, DataSelection | None] = {"source": None, "target": None}
         self.adapted: AdaptedModel | None = None
+        self.runs: list[AdaptedModel] = []
         self.recommendation: Recommendation | None = None
         self.busy: bool = False
+        #: ownership key -> weak reference to a layer the plugin made (see stain_layers)
+        self.owned: dict[tuple, weakref.ref] = {}
 
     # ------------------------------------------------------------------ setters
     def set_model(self, model: UNetGenerator | None, label: str = "",
                   path: Path | None = None) -> None:
-        """Use ``model`` from now on; the previous adapted model and recommendation are dropped."""
+        """Use ``model`` from now on; its predecessor's results and recommendation are dropped."""
         self.model, self.model_label, self.model_path = model, label, path
+        self.model_serial += 1
         self.adapted = None
+        self.runs = []
         had_recommendation = self.recommendation is not None
         self.recommendation = None
         self.model_changed.emit(model)
@@ -165,8 +200,16 @@ class LmaddaState:
             self.selections[role] = selection
             self.data_changed.emit(role)
 
+    def add_result(self, adapted: AdaptedModel) -> AdaptedModel:
+        """Keep a new adaptation result as run N and make it the current one."""
+        adapted.run = len(self.runs) + 1
+        adapted.model_serial = self.model_serial
+        self.runs.append(adapted)
+        self.set_adapted(adapted)
+        return adapted
+
     def set_adapted(self, adapted: AdaptedModel | None) -> None:
-        """Keep the last adaptation result."""
+        """Make ``adapted`` (one of :attr:`runs`, or None) the current result."""
         self.adapted = adapted
         self.adapted_changed.emit(adapted)
 
@@ -185,6 +228,10 @@ class LmaddaState:
         if busy != self.busy:
             self.busy = busy
             self.busy_changed.emit(busy)
+
+    def tell(self, level: str, text: str) -> None:
+        """Show ``text`` in the dock (``level``: ``error``, ``warning`` or ``info``)."""
+        self.message.emit(level, text)
 
     # ------------------------------------------------------------------ helpers
     def model_summary(self) -> str:
@@ -208,6 +255,17 @@ def channel_names(model: Any) -> list[str]:
 _STATES: dict[int, LmaddaState] = {}
 
 
+def unwrap(viewer: Any) -> Any:
+    """The viewer itself, not the proxy napari hands to plugin widgets.
+
+    The proxy wraps every attribute it returns, layers included, in a new object each time:
+    layers could not be told apart by identity (which layer is the plugin's own).
+    """
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
+    return viewer
+
+
 def get_state(viewer: Any) -> LmaddaState:
     """Return the shared state of ``viewer`` (created on first use, dropped with the viewer).
 
@@ -220,9 +278,7 @@ def get_state(viewer: Any) -> LmaddaState:
     -------
     LmaddaState
     """
-    # napari hands plugin widgets a proxy of the viewer: key on the viewer itself
-    while hasattr(viewer, "__wrapped__"):
-        viewer = viewer.__wrapped__
+    viewer = unwrap(viewer)  # napari hands plugin widgets a proxy: key on the viewer itself
     key = id(viewer)
     state = _STATES.get(key)
     if state is None:

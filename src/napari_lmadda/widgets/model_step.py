@@ -1,8 +1,8 @@
-"""The Model widget: load a project model, a pix2pix ``latest_net_G.pth`` or the demo model.
+"""Step 1, Model: load a model file, the demo model, or train one from paired images.
 
 It shows the architecture and a table of the UNet's layers (index, name, kind, channels, size
-for a chosen input size, trainable parameters), the numbers the Adapt widget's layer slider
-refers to.
+for a chosen input size, trainable parameters), the numbers the Adapt step's layer slider
+refers to. "Train a source model…" opens the training panel in place of the table.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -28,12 +28,14 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import LmaddaError
-from .state import channel_names, get_state
+from .messages import notify
+from .state import channel_names, get_state, unwrap
+from .train_panel import TrainPanel
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["ModelWidget", "load_into_state", "DEMO"]
+__all__ = ["ModelStep", "load_into_state", "DEMO"]
 
 DEMO = "demo"
 _COLUMNS = ("#", "name", "kind", "channels", "size", "params")
@@ -43,7 +45,7 @@ _RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 def load_into_state(viewer: napari.Viewer, path: str) -> bool:
     """Load a model file (or ``"demo"``) into the viewer's shared state.
 
-    Problems are shown as a napari error notification, never raised.
+    Problems are shown in the dock and as a napari notification, never raised.
 
     Parameters
     ----------
@@ -57,14 +59,12 @@ def load_into_state(viewer: napari.Viewer, path: str) -> bool:
     bool
         True if the model was loaded.
     """
-    from napari.utils.notifications import show_error, show_info, show_warning
-
     from ..models.checkpoint import load_model
 
     state = get_state(viewer)
     if state.busy:
-        show_warning("Wait for the running adaptation or prediction to end before loading "
-                     "another model")
+        notify(state, "warning", "Wait for the running task to end (or stop it) before "
+                                 "loading another model")
         return False
     try:
         if path == DEMO:
@@ -76,10 +76,10 @@ def load_into_state(viewer: napari.Viewer, path: str) -> bool:
             label = file.name
         model = load_model(file, device="cpu")
     except LmaddaError as exc:
-        show_error(f"Model not loaded: {exc}")
+        notify(state, "error", f"Model not loaded: {exc}")
         return False
     state.set_model(model, label, Path(file))
-    show_info(f"Loaded {state.model_summary()}")
+    notify(state, "info", f"Loaded {state.model_summary()}", toast=False)
     return True
 
 
@@ -89,8 +89,8 @@ def _provenance_text(meta: dict[str, Any]) -> str:
     return "; ".join(keep)
 
 
-class ModelWidget(QWidget):
-    """Load a model and show its layers.
+class ModelStep(QWidget):
+    """Load a model (file, demo, or trained here) and show its layers.
 
     Parameters
     ----------
@@ -100,7 +100,7 @@ class ModelWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = unwrap(napari_viewer)
         self.state = get_state(napari_viewer)
 
         self.path_edit = QLineEdit()
@@ -112,6 +112,10 @@ class ModelWidget(QWidget):
         self.demo_btn = QPushButton("Demo model")
         self.demo_btn.setToolTip("The bundled demo model (synthetic phase contrast -> DAPI, CD29)")
         self.demo_btn.clicked.connect(lambda: self.load(DEMO))
+        self.train_btn = QPushButton("Train a source model…")
+        self.train_btn.setToolTip("Train the model from paired images (e.g. phase contrast and "
+                                  "DAPI of the same fields), as lmadda train-source does")
+        self.train_btn.clicked.connect(self.open_training)
 
         self.info = QLabel()
         self.info.setWordWrap(True)
@@ -127,29 +131,49 @@ class ModelWidget(QWidget):
         self.table = QTableWidget(0, len(_COLUMNS))
         self.table.setHorizontalHeaderLabels(_COLUMNS)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMinimumHeight(120)
+
+        self.training = TrainPanel(napari_viewer)
+        self.training.closed.connect(self.close_training)
 
         row = QHBoxLayout()
         row.addWidget(self.path_edit, 1)
         row.addWidget(self.browse_btn)
-        row.addWidget(self.demo_btn)
-        form = QFormLayout()
-        form.addRow("Layer sizes for input", self.size_spin)
+        others = QHBoxLayout()
+        others.addWidget(self.demo_btn)
+        others.addWidget(self.train_btn)
+        others.addStretch(1)
+        sizes = QHBoxLayout()
+        sizes.addWidget(QLabel("Layer sizes for an input of"))
+        sizes.addWidget(self.size_spin)
+        sizes.addStretch(1)
+        view = QWidget()
+        view_layout = QVBoxLayout(view)
+        view_layout.setContentsMargins(0, 0, 0, 0)
+        view_layout.addLayout(row)
+        view_layout.addLayout(others)
+        view_layout.addWidget(self.info)
+        view_layout.addLayout(sizes)
+        view_layout.addWidget(self.table, 1)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(view)
+        self.pages.addWidget(self.training)
         layout = QVBoxLayout(self)
-        layout.addLayout(row)
-        layout.addWidget(self.info)
-        layout.addLayout(form)
-        layout.addWidget(self.table, 1)
+        layout.setContentsMargins(4, 0, 0, 0)
+        layout.addWidget(self.pages)
 
         self.state.model_changed.connect(self._on_model_changed)
+        self.state.busy_changed.connect(self._on_busy)
         self._on_model_changed(self.state.model)
 
     # ------------------------------------------------------------------ actions
     def load(self, path: str) -> bool:
-        """Load a model file or ``"demo"`` (errors become notifications).
+        """Load a model file or ``"demo"`` (errors are shown in the dock).
 
         Parameters
         ----------
@@ -161,11 +185,23 @@ class ModelWidget(QWidget):
         bool
             True on success.
         """
-        self.info.setText("Loading…")
         ok = load_into_state(self.viewer, path)
         if not ok:
             self._on_model_changed(self.state.model)
         return ok
+
+    def open_training(self) -> None:
+        """Show the training panel in place of the model's table."""
+        self.pages.setCurrentWidget(self.training)
+
+    def close_training(self) -> None:
+        """Back to the model view (a running training keeps running)."""
+        self.pages.setCurrentIndex(0)
+
+    @property
+    def training_open(self) -> bool:
+        """Whether the training panel is shown."""
+        return self.pages.currentWidget() is self.training
 
     def _load_typed(self) -> None:
         text = self.path_edit.text().strip()
@@ -181,9 +217,22 @@ class ModelWidget(QWidget):
             self.load(path)
 
     # ------------------------------------------------------------------ display
+    def summary(self) -> str:
+        """One line for the step's header."""
+        m = self.state.model
+        if m is None:
+            return "no model loaded"
+        return (f"{self.state.model_label} · {m.num_layers} layers · "
+                f"{', '.join(channel_names(m))}")
+
+    def _on_busy(self, busy: bool) -> None:
+        for w in (self.path_edit, self.browse_btn, self.demo_btn):
+            w.setEnabled(not busy)
+
     def _on_model_changed(self, model: Any) -> None:
         if model is None:
-            self.info.setText("No model loaded. Browse for a model file or use the demo model.")
+            self.info.setText("No model loaded. Browse for a model file, use the demo model, "
+                              "or train one from paired images.")
             self.table.setRowCount(0)
             return
         if self.state.model_path is not None and self.state.model_label != "demo model":
@@ -196,10 +245,10 @@ class ModelWidget(QWidget):
         self.size_spin.blockSignals(False)
         cfg = model.config
         lines = [
-            f"<b>{self.state.model_label}</b>",
-            f"UNet: {cfg.in_channels} → {cfg.out_channels} channels "
-            f"({', '.join(channel_names(model))}), {cfg.num_downs} down blocks, ngf {cfg.ngf}, "
-            f"{cfg.norm} norm; {model.num_layers} layers; input sides: multiples of {m} px",
+            f"<b>{self.state.model_label}</b>: UNet {cfg.in_channels} → {cfg.out_channels} "
+            f"({', '.join(channel_names(model))}), {cfg.num_downs} down blocks, ngf "
+            f"{cfg.ngf}, {cfg.norm} norm; {model.num_layers} layers; input sides: multiples "
+            f"of {m} px",
         ]
         prov = _provenance_text(getattr(model, "meta", {}) or {})
         if prov:

@@ -1,0 +1,75 @@
+"""``method="auto"`` run for real on the benchmark cases (not a test).
+
+Runs :func:`napari_lmadda.adapt.auto.iter_auto` with the engine's defaults (1200 steps per
+candidate) on a case of ``auto_grid.py`` and a seed, logs the ground truth of the kept model
+on the 8 labelled test fields (never seen by auto) and of every candidate checkpoint auto
+evaluated (through the monitor), the candidates, the steps and the wall time, and appends one
+line to ``benchmarks/results/auto/auto_runs.jsonl``. ``auto_replay.py`` predicts the same
+choices from the full candidate grids; this checks the prediction and measures the cost.
+
+    python benchmarks/auto_bench.py --case brightfield --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from auto_grid import OUT, _pearson, domains
+from napari_lmadda.adapt.auto import format_report, iter_auto
+from napari_lmadda.adapt.config import AdaptConfig
+from napari_lmadda.adapt.events import Finished, Step
+from napari_lmadda.jsonsafe import json_safe
+from napari_lmadda.models import load_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--case", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--layers", default="", help="candidate layers (default: recommended)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT / "auto_runs.jsonl")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model("demo")
+    source, target, ev = domains(args.case)
+    evaluated = []
+
+    def monitor(step, net):
+        m = _pearson(net, ev)
+        evaluated.append({"step": step, **m})
+        return m
+
+    cfg = AdaptConfig(steps=args.steps, device="cpu", seed=args.seed)
+    layers = tuple(int(v) for v in args.layers.split(",") if v)
+    t0, res, steps = time.perf_counter(), None, 0
+    for e in iter_auto(model, source, target, layers=layers, config=cfg, monitor=monitor):
+        if isinstance(e, Step):
+            steps = e.step
+        if isinstance(e, Finished):
+            res = e.result
+    seconds = time.perf_counter() - t0
+    rep = res.report
+    row = {"case": args.case, "seed": args.seed, "steps": args.steps, "winner": rep.winner,
+           "best_step": res.best_step, "adapted": rep.adapted, "truth": _pearson(res.model, ev),
+           "none": _pearson(model, ev), "steps_used": rep.steps_used, "step_events": steps,
+           "budget": rep.steps_budget, "seconds": seconds, "message": res.message,
+           "recommendation": rep.recommendation,
+           "candidates": [vars(c) for c in rep.candidates], "monitor": evaluated}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as fh:
+        fh.write(json.dumps(json_safe(row)) + "\n")
+    print(format_report(rep))
+    print(f"{args.case} seed {args.seed}: kept {rep.winner}, Pearson "
+          f"{row['truth']['pearson']:.3f} (none {row['none']['pearson']:.3f}), "
+          f"{rep.steps_used} steps, {seconds:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
