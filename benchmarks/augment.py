@@ -318,6 +318,10 @@ def cmd_work(args: argparse.Namespace) -> None:
                 continue
             if is_done(out, case, source, method, layer, seed, args.tag):
                 continue
+            if args.latest_start and time.strftime("%H:%M", time.gmtime()) > args.latest_start:
+                print(f"not starting {case} {source} {method} {layer} {seed}: past "
+                      f"--latest-start {args.latest_start} UTC", flush=True)
+                return
             if case not in cache:
                 cache.clear()  # one case's images in memory at a time
                 cache[case] = load_case(case)
@@ -423,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--tag", default="")
     w.add_argument("--wait", action="store_true",
                    help="wait for source models still being trained instead of finishing")
+    w.add_argument("--latest-start", default="",
+                   help="HH:MM (UTC, same day): start no run after this time")
     rep = sub.add_parser("report", help="the table, from runs.jsonl")
     rep.add_argument("--tag", default="")
     for s in (t, o, w, rep):
