@@ -401,6 +401,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                 rec_cell = f"L{rec}: {_fmt(vals('lmadda', rec))}"
             best_cell = (f"L{best}: {_fmt(vals('lmadda', best))} (of L"
                          + ",".join(str(la) for la in layers) + ")") if best else "-"
+            if layers == [rec]:  # no other layer run: nothing to choose by labels
+                best_cell = "- (only the recommended layer run)"
             oracle = _oracle(case)
             none = vals("none")
             md.append(f"| {case.replace('real:', 'real ')} | {source} | "
