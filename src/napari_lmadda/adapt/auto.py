@@ -234,6 +234,8 @@ def iter_auto(
     config: AdaptConfig | None = None,
     cancel: Callable[[], bool] | None = None,
     monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
+    probe_patches: int | None = None,
+    recommend_steps: int | None = None,
 ) -> Iterator[Event]:
     """Run auto and yield its events (see the module docstring).
 
@@ -253,6 +255,10 @@ def iter_auto(
         Stops the run; the candidates evaluated so far are judged (with the guard).
     monitor : callable, optional
         Passed on to every LM-ADDA candidate (benchmarks log ground truth with it).
+    probe_patches, recommend_steps : int, optional
+        Fixed patches per domain for the score (default :data:`PROBE_PATCHES`) and the
+        recommendation probe's training steps (default :data:`RECOMMEND_PROBE_STEPS`);
+        smaller values only for installation checks (``lmadda demo --quick``).
 
     Yields
     ------
@@ -279,7 +285,8 @@ def iter_auto(
     # permutation test on distances misses with few images)
     try:
         rec = recommend_layer(model, src_data, tgt_data, patch_size=cfg.patch_size,
-                              probe_steps=RECOMMEND_PROBE_STEPS, device=str(device),
+                              probe_steps=recommend_steps or RECOMMEND_PROBE_STEPS,
+                              device=str(device),
                               seed=cfg.seed, cancel=cancel)
     except LmaddaError:
         if not stop():
@@ -306,10 +313,9 @@ def iter_auto(
         return
 
     # 2. the fixed probe: G's side once; the source model's score
-    ps, ps_ids = image_patches(src_data, PROBE_PATCHES, cfg.patch_size,
-                               cfg.seed + _SEEDS["source"])
-    pt, pt_ids = image_patches(tgt_data, PROBE_PATCHES, cfg.patch_size,
-                               cfg.seed + _SEEDS["target"])
+    n_probe = probe_patches or PROBE_PATCHES
+    ps, ps_ids = image_patches(src_data, n_probe, cfg.patch_size, cfg.seed + _SEEDS["source"])
+    pt, pt_ids = image_patches(tgt_data, n_probe, cfg.patch_size, cfg.seed + _SEEDS["target"])
     probe = FixedProbe.build(model, ps, pt, layers=(model.num_layers,), device=device)
     none.score, none_sk = probe.out_q(model)
     sketches: dict[str, np.ndarray] = {}
