@@ -22,7 +22,7 @@ import torch
 from auto_grid import OUT, _pearson, domains
 from napari_lmadda.adapt.auto import format_report, iter_auto
 from napari_lmadda.adapt.config import AdaptConfig
-from napari_lmadda.adapt.events import Finished, Step
+from napari_lmadda.adapt.events import Evaluated, Finished, Step
 from napari_lmadda.jsonsafe import json_safe
 from napari_lmadda.models import load_model
 
@@ -49,9 +49,15 @@ def main() -> None:
     cfg = AdaptConfig(steps=args.steps, device="cpu", seed=args.seed)
     layers = tuple(int(v) for v in args.layers.split(",") if v)
     t0, res, steps = time.perf_counter(), None, 0
+    total = "?"
     for e in iter_auto(model, source, target, layers=layers, config=cfg, monitor=monitor):
         if isinstance(e, Step):
-            steps = e.step
+            steps, total = e.step, e.total_steps
+        if isinstance(e, Evaluated):  # progress, for a long run watched through its log
+            truth = evaluated[-1].get("pearson", float("nan")) if evaluated else float("nan")
+            print(f"step {e.step}/{total} layer "
+                  f"{e.metrics.get('layer', 0):.0f}: score {e.criterion:.4f} truth {truth:.3f}"
+                  f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         if isinstance(e, Finished):
             res = e.result
     seconds = time.perf_counter() - t0
