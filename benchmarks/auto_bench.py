@@ -8,6 +8,7 @@ line to ``benchmarks/results/auto/auto_runs.jsonl``. ``auto_replay.py`` predicts
 choices from the full candidate grids; this checks the prediction and measures the cost.
 
     python benchmarks/auto_bench.py --case brightfield --seed 0
+    python benchmarks/auto_bench.py --case real:bpae_defocus --steps 400   # real_cases.py
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT / "auto_runs.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model("demo")
-    source, target, ev = domains(args.case)
+    patch = 128
+    if args.case.startswith("real:"):  # a real case, with the plain source model of augment.py
+        import augment  # noqa: PLC0415 - benchmarks/ is on sys.path when run as a script
+
+        d = augment.load_case(args.case)
+        model = load_model(str(augment.source_model_path(augment.OUT, args.case, "plain")))
+        source, target, ev, patch = d["source"], d["target"], d["eval"], d["patch"]
+    else:
+        model = load_model("demo")
+        source, target, ev = domains(args.case)
     evaluated = []
 
     def monitor(step, net):
@@ -46,7 +55,7 @@ def main() -> None:
         evaluated.append({"step": step, **m})
         return m
 
-    cfg = AdaptConfig(steps=args.steps, device="cpu", seed=args.seed)
+    cfg = AdaptConfig(steps=args.steps, device="cpu", seed=args.seed, patch_size=patch)
     layers = tuple(int(v) for v in args.layers.split(",") if v)
     t0, res, steps = time.perf_counter(), None, 0
     total = "?"
