@@ -156,12 +156,43 @@ def replay(case: str, seed: int, runs: list[dict], model, tta: dict[str, float],
     return out
 
 
+def pooled(case: str, seed: int, runs: list[dict], model) -> dict:
+    """Every saved checkpoint of a case and seed scored by auto's probe, pooled over layers
+    and methods: Spearman of -score against the ground truth, and what the single
+    lowest-scoring checkpoint is worth (the question auto's score must answer)."""
+    from scipy.stats import spearmanr
+
+    source, target, _ = domains(case)
+    ps, _ = image_patches(source, auto.PROBE_PATCHES, 128, seed + 10_000)
+    pt, _ = image_patches(target, auto.PROBE_PATCHES, 128, seed + 20_000)
+    probe = FixedProbe.build(model, ps, pt, layers=(model.num_layers,))
+    net = copy.deepcopy(model)
+    points = []
+    for r in runs:
+        name = r["method"] + ("" if r["layer"] is None else f" L{r['layer']}")
+        for h in r["history"]:
+            sk = _sketch(Path(r["ckpt"]), h["step"], probe, net)
+            truth = h.get("monitor_monitor_pearson", h.get("monitor_pearson"))
+            if sk is not None and truth is not None:
+                points.append((name, h["step"], sketch_w2(probe.ref_sketch, sk, probe.out_var),
+                               float(truth)))
+    scores = np.array([p[2] for p in points])
+    truths = np.array([p[3] for p in points])
+    pick = points[int(np.argmin(scores))]
+    return {"case": case, "seed": seed, "checkpoints": len(points),
+            "spearman": float(spearmanr(-scores, truths).statistic),
+            "pick": f"{pick[0]} step {pick[1]}", "pick_truth": pick[3],
+            "best_truth": float(truths.max()), "regret": float(truths.max() - pick[3])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", type=Path, default=OUT / "grid.jsonl")
     p.add_argument("--scores", type=Path, default=OUT / "scores.jsonl")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--cases", default="")
+    p.add_argument("--pooled", action="store_true",
+                   help="score every checkpoint of the cases' grids instead (pooled ranking)")
     args = p.parse_args()
     torch.set_num_threads(1)
     model = load_model("demo")
@@ -173,6 +204,15 @@ def main() -> None:
     keys = sorted({(r["case"], r["seed"]) for r in runs})
     only = {c for c in args.cases.split(",") if c}
     results = []
+    if args.pooled:
+        for case, seed in keys:
+            rs = [r for r in runs if (r["case"], r["seed"]) == (case, seed)]
+            if (only and case not in only) or not any(r["method"] == "lmadda" for r in rs):
+                continue
+            results.append(pooled(case, seed, rs, model))
+            print(json.dumps(results[-1]), flush=True)
+        (args.out / "pooled.json").write_text(json.dumps(results, indent=1) + "\n")
+        return
     for case, seed in keys:
         if only and case not in only:
             continue

@@ -307,7 +307,7 @@ def iter_auto(
         return _finished(model, rec, reports, winner, winner_model, why, reason, cfg,
                          budget=budget, seconds=time.perf_counter() - t0)
 
-    none = CandidateReport("none", "none", None, 0.0)
+    none = CandidateReport("none", "none", None, math.nan)  # not scored without a shift
     if rec.layer is None:
         yield finished([none], None, None, "", StopReason.COMPLETED)
         return
@@ -417,8 +417,9 @@ def format_report(report: AutoReport) -> str:
     lines = [f"{'candidate':<18}{'score':>9}{'gain':>9}{'kept step':>11}{'steps':>7}  status"]
     for c in report.candidates:
         gain = "-" if not math.isfinite(c.gain) else f"{c.gain:.3g}"
+        score = "-" if not math.isfinite(c.score) else f"{c.score:.3g}"
         status = c.note or c.stopped
-        lines.append(f"{c.name:<18}{c.score:>9.3g}{gain:>9}{c.best_step:>11}{c.steps_run:>7}"
+        lines.append(f"{c.name:<18}{score:>9}{gain:>9}{c.best_step:>11}{c.steps_run:>7}"
                      f"  {status}")
     lines.append(f"steps {report.steps_used} of {report.steps_budget} allowed, "
                  f"{report.seconds:.0f} s; {report.recommendation}")
