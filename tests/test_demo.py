@@ -33,3 +33,15 @@ def test_conclusion_flags_harm_and_ties():
 def test_quick_claims_nothing():
     text = conclusion(_t(none=0.1, auto=0.9), steps=4, quick=True)
     assert "mean nothing" in text and "best" not in text
+
+
+def test_the_default_demo_runs_auto_and_leaves_adda_to_methods():
+    import argparse
+
+    from napari_lmadda.cli import demo
+
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    args = p.parse_args([])
+    assert args.methods.split(",") == ["none", "adabn", "lmadda", "auto"]
+    assert set(demo.DEFAULT_METHODS) < set(demo.METHODS) and "adda" in demo.METHODS
