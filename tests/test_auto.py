@@ -207,6 +207,10 @@ def test_cli_adapt_method_auto_on_folders(tmp_path, capsys):
     assert rc == 0 and out.exists()
     assert "candidate" in text and "AdaBN" in text and "LM-ADDA layer" in text
     assert "=> " in text and "steps 60 of 90 allowed" in text
+    # progress names the candidate and its own step; AdaBN's stability is shown
+    assert "auto: trying no adaptation, AdaBN and LM-ADDA at layers" in text
+    assert "at its step 10: score" in text and "trainable parameters" not in text
+    assert "inconsistency" in text and "x the source model's" in text
     _, _, meta = read_checkpoint(out)
     prov = meta["provenance"]
     assert prov["method"] == "auto" and prov["winner"] and len(prov["candidates"]) == 5

@@ -264,7 +264,8 @@ def iter_auto(
     ------
     Event
         ``Started``; ``Step`` with steps counted over all candidates; ``Evaluated`` with the
-        score as criterion and the candidate's layer in ``metrics["layer"]``; ``Finished``.
+        score as criterion, the candidate's layer in ``metrics["layer"]`` and its own step in
+        ``metrics["candidate_step"]``; ``Finished``.
     """
     from ..devices import resolve_device
     from .engine import iter_adapt
@@ -335,7 +336,11 @@ def iter_auto(
             score, sketches["AdaBN"] = probe.out_q(res.model)
             tta["AdaBN"] = probe.tta(res.model)
             models["AdaBN"] = lambda res=res: res.model
-            reports.append(CandidateReport("AdaBN", "adabn", None, score, res.best_step))
+            ratio = tta["AdaBN"] / max(source_tta, 1e-12)
+            reports.append(CandidateReport(
+                "AdaBN", "adabn", None, score, res.best_step,
+                note=f"flip/rotation inconsistency {ratio:.2f}x the source model's "
+                     f"(refused above {ADABN_TTA_MAX:g}x)"))
 
     # 4. LM-ADDA candidates in rungs, interleaved through the engine's event generators
     cands = [_Candidate(layer) for layer in cand_layers]
@@ -368,7 +373,8 @@ def iter_auto(
                     # the engine logs monitor values with a "monitor_" prefix
                     score = float(ev.metrics.get("monitor_auto_score", math.inf))
                     yield Evaluated(done_steps, score, score <= c.score,
-                                    {**ev.metrics, "layer": float(c.layer)})
+                                    {**ev.metrics, "layer": float(c.layer),
+                                     "candidate_step": float(ev.step)})
                     if ev.step >= end:
                         break
                 elif isinstance(ev, Finished):
