@@ -270,8 +270,10 @@ def run(args: argparse.Namespace) -> int:
                 if method == "auto":
                     print(f"  auto: candidates LM-ADDA layers {list(ev.layers) or '-'}, "
                           f"{total} training steps in all", flush=True)
-            if isinstance(ev, Evaluated) and ev.step > 0:
-                where = (f" (layer {ev.metrics['layer']:.0f})" if "layer" in ev.metrics
+            if isinstance(ev, Evaluated) and ev.step > 0 \
+                    and ev.metrics.get("candidate_step", 1) > 0:
+                where = (f" (LM-ADDA layer {ev.metrics['layer']:.0f} at its step "
+                         f"{ev.metrics['candidate_step']:.0f})" if "layer" in ev.metrics
                          else "")
                 print(
                     f"  {label}: step {ev.step}/{total}{where}  criterion {ev.criterion:.3f}"
