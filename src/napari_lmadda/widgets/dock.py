@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .adapt_step import AdaptStep
@@ -124,6 +124,12 @@ class LmaddaDock(QWidget):
             self._column.setStretch(i, 1 if n == name and grows else 0)
         self._column.setStretch(len(self.sections), 0 if grows else 1)
         self._update_summaries()
+        # the scroll area does not shrink its content when a tall step closes (a hidden body
+        # with height-for-width): resize it again once the layout has settled
+        QTimer.singleShot(0, self._refit)
+
+    def _refit(self) -> None:
+        self.scroll.setWidgetResizable(True)  # recomputes the content's size for the viewport
 
     @property
     def current_step(self) -> str | None:
