@@ -11,6 +11,11 @@ Run under a display (Xvfb is enough)::
 
     xvfb-run -a -s "-screen 0 1800x1100x24" python benchmarks/gui_responsiveness.py --runs 3
 
+The method is LM-ADDA (``--method``), as the first dock's default, so old and new docks do
+the same work; ``--method ''`` takes the dock's own default (the auto method, which runs
+several candidates). To measure an older commit, run this script with ``PYTHONPATH`` at that
+commit's ``src`` (the three docks before issue 15 are driven too).
+
 ``--why`` samples the GUI thread's Python stack whenever a tick is late and prints the lines
 where the stalls were spent (to find what to move off the GUI thread).
 
@@ -114,7 +119,7 @@ def _contributions() -> list[Any]:
     return list(PluginManager.instance().get_manifest(PLUGIN).contributions.widgets or [])
 
 
-def one_run(steps: int, why: bool) -> Trace:
+def one_run(steps: int, why: bool, method: str | None = None) -> Trace:
     """Open a viewer, run an adaptation of ``steps`` steps and time the event loop."""
     import napari
     from qtpy.QtCore import QTimer
@@ -130,6 +135,11 @@ def one_run(steps: int, why: bool) -> Trace:
     viewer.open_sample(PLUGIN, "cells")
     _wait(app, until=lambda: state.model is not None and not state.busy, timeout=120)
     adapt.steps_spin.setValue(steps)
+    if method:
+        index = adapt.method_combo.findData(method)
+        if index < 0:
+            raise SystemExit(f"this dock has no method {method!r}")
+        adapt.method_combo.setCurrentIndex(index)
     _wait(app, 1.0)
     repaint = _repaint_cost(app, adapt.progress)
 
@@ -223,6 +233,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported (3)")
     parser.add_argument("--steps", type=int, default=120, help="adaptation steps per run (120)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--method", default="lmadda",
+                        help="adaptation method ('lmadda', as the old dock's default; '' for "
+                             "the dock's own default)")
     parser.add_argument("--why", action="store_true",
                         help="sample the GUI thread's stack during stalls and print the top ones")
     args = parser.parse_args()
@@ -234,11 +247,12 @@ def main() -> int:
     import napari_lmadda
 
     print(f"napari-lmadda from {os.path.dirname(napari_lmadda.__file__)}; torch threads "
-          f"{args.threads}; {args.steps} steps; load average before: "
+          f"{args.threads}; method {args.method or 'default'}; {args.steps} steps; "
+          "load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows, stacks = [], collections.Counter()
     for i in range(args.runs):
-        trace = one_run(args.steps, args.why)
+        trace = one_run(args.steps, args.why, args.method or None)
         row = summarise(trace)
         rows.append(row)
         stacks.update(trace.stacks)

@@ -12,7 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from widget_helpers import PLUGIN, idle, keep_last_state, open_dock, tiny_settings
+from widget_helpers import (
+    PLUGIN,
+    export_stains,
+    idle,
+    keep_last_state,
+    open_dock,
+    tiny_settings,
+)
 
 
 @pytest.fixture
@@ -23,12 +30,22 @@ def dock(make_napari_viewer):
 
 @pytest.fixture(scope="module")
 def synthetic_folders(tmp_path_factory):
-    """``make-synthetic`` output of two microscopes: ``input/``, ``dapi/``, ``cd29/`` each."""
+    """``make-synthetic`` output of two microscopes: ``input/``, ``dapi/``, ``cd29/`` each.
+
+    The new microscope's files are calibrated (0.65 µm pixels, ImageJ metadata), as a
+    microscope writes them.
+    """
+    import tifffile
+
+    from napari_lmadda.data.io import write_tiff
     from napari_lmadda.data.synthetic import write_domain
 
     root = tmp_path_factory.mktemp("synthetic")
     write_domain(root / "phase", 3, size=64, seed=0, modality="phase")
     write_domain(root / "brightfield", 2, size=64, seed=1, modality="brightfield")
+    for f in sorted((root / "brightfield").glob("*/*.tif")):
+        write_tiff(f, tifffile.imread(f), overwrite=True, dtype=None, axes="YX",
+                   pixel_size={"y": 0.65, "x": 0.65, "unit": "um"})
     return root / "phase", root / "brightfield"
 
 
@@ -108,6 +125,10 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
     assert np.array_equal(viewer.layers["DAPI [lmadda L2]"].data, kept)
     assert not viewer.layers["DAPI [lmadda L2]"].visible
     assert viewer.layers["DAPI [lmadda L2 #2]"].visible
+    kept2 = np.array(viewer.layers["DAPI [lmadda L2 #2]"].data, copy=True)
+    # the stains sit on the input's calibrated grid
+    assert tuple(viewer.layers["DAPI [lmadda L2 #2]"].scale) == pytest.approx((1, 0.65, 0.65))
+    assert str(viewer.layers["DAPI [lmadda L2 #2]"].units[-1]) == "micrometer"
     assert "1 earlier stain layer" in d.results.status.text() or \
         "earlier stain layer(s) hidden" in d.results.status.text()
     # beside the input: input, unadapted, adapted, ground truth, one contrast, linked
@@ -133,16 +154,37 @@ def test_a_users_sequence(dock, tiny_model_path, synthetic_folders, qtbot, tmp_p
     assert viewer.layers["DAPI [lmadda L2 #2]"].visible and not truth.visible
     assert viewer.layers["DAPI [lmadda L2 #2]"].colormap.name == "blue"
     assert truth.colormap.name == "blue"
-    # export: the stains as TIFF and the model, never over existing files
+    # export: the stains as the CLI writes them (calibrated hyperstacks, named channels)
+    # and the model, never over existing files
     out = tmp_path / "stains"
     out.mkdir()
-    files = d.results.export_stains(out)
+    files = export_stains(d, qtbot, out)
+    # the dropped folder's layer: one file per input file, named as lmadda predict names them
     assert sorted(f.name for f in files) == sorted(
-        ["DAPI_unadapted.tif", "CD29_unadapted.tif", "DAPI_lmadda_L2_2.tif",
-         "CD29_lmadda_L2_2.tif"])
-    assert not np.array_equal(tifffile.imread(out / "DAPI_lmadda_L2_2.tif"),
-                              tifffile.imread(out / "DAPI_unadapted.tif"))
-    assert d.results.export_stains(out) == []
+        f"field_00{i}_{tag}_pred.tif" for i in (0, 1) for tag in ("unadapted", "lmadda_L2_2"))
+    from napari_lmadda.data.io import read_pixel_size, read_tiff_metadata
+
+    for i in (0, 1):
+        adapted_file = out / f"field_00{i}_lmadda_L2_2_pred.tif"
+        with tifffile.TiffFile(adapted_file) as tif:
+            assert tif.is_imagej and tif.series[0].axes == "CYX"
+            ij = tif.imagej_metadata
+            assert ij["unit"] in ("um", "micron", "\\u00B5m", "µm")
+            assert ij["Labels"][:2] == ["DAPI", "CD29"]
+            xres = tif.pages[0].tags["XResolution"].value
+            assert xres[1] / xres[0] == pytest.approx(0.65, rel=1e-4)
+            data = tif.asarray()
+        assert data.shape == (2, 64, 64)  # markers of image i
+        assert np.array_equal(data[0], viewer.layers["DAPI [lmadda L2 #2]"].data[i])
+        assert np.array_equal(data[1], viewer.layers["CD29 [lmadda L2 #2]"].data[i])
+        assert np.array_equal(data[0], kept2[i])
+        assert not np.array_equal(
+            data, tifffile.imread(out / f"field_00{i}_unadapted_pred.tif"))
+        assert read_pixel_size(adapted_file)["unit"] == "um"
+        meta = read_tiff_metadata(adapted_file)
+        assert meta["channels"] == ["DAPI", "CD29"] and meta["tag"] == "lmadda L2"
+        assert meta["source_image"] == f"field_00{i}.tif" and meta["method"] == "lmadda"
+    assert export_stains(d, qtbot, out) == []
     assert "already exists" in d.message.text() and d.message.isVisibleTo(d)
     saved = d.results.save_adapted_model(tmp_path / "adapted.pt")
     assert saved is not None and saved.is_file()
@@ -314,3 +356,47 @@ def test_a_long_message_folds_and_unfolds(dock):
     assert "a likely cause; " * 29 in bar.label.text()
     notify(d.state, "info", "short", toast=False)
     assert not bar.more.isVisibleTo(bar) and len("short") < SHORT
+
+
+def test_a_bioimageio_package_dropped_loads_as_the_model_without_running_its_code(
+        dock, tmp_path, errors):
+    """A ``*.zip`` package, its unpacked ``rdf.yaml`` or folder: a model, never code run."""
+    import zipfile
+
+    from napari_lmadda._reader import get_reader
+    from pix2pix_reference import NestedUnet
+    from test_bioimageio import _marker_code, _write_package
+
+    viewer, d = dock
+    marker = tmp_path / "ran.txt"
+    package = _write_package(tmp_path / "p2p.zip", NestedUnet(1, 1, 5, ngf=8).state_dict(),
+                             arch_code=_marker_code(marker))
+    n = len(viewer.layers)
+    viewer.open(str(package), plugin=PLUGIN)
+    assert d.state.model is not None and d.state.model_label == "p2p.zip"
+    assert d.state.model.meta["channel_names"] == ["nuclei"]
+    assert len(viewer.layers) == n and not marker.exists()
+    # unpacked: the rdf.yaml, or its folder, is a model too (not a folder of images)
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(package) as zf:
+        zf.extractall(unpacked)
+    for path in (unpacked / "rdf.yaml", unpacked):
+        d.model.load("demo")
+        viewer.open(str(path), plugin=PLUGIN)
+        assert d.state.model.meta["channel_names"] == ["nuclei"], path
+    assert len(viewer.layers) == n and not marker.exists()
+    # a package of another architecture: one line in the dock, its code not run
+    other = _write_package(tmp_path / "other.zip",
+                           {"w.weight": __import__("torch").ones(1, 1, 1, 1)},
+                           arch_code=_marker_code(marker))
+    viewer.open(str(other), plugin=PLUGIN)
+    text = d.message.text()
+    assert "Model not loaded" in text and "not a pix2pix-style UNet" in text
+    assert "\n" not in text and not marker.exists()
+    assert d.state.model.meta["channel_names"] == ["nuclei"]  # the loaded model stays
+    # zips and YAML files that are not packages are left to other readers
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zf:
+        zf.writestr("a.txt", "hello")
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    assert get_reader(str(tmp_path / "photos.zip")) is None
+    assert get_reader(str(tmp_path / "config.yaml")) is None

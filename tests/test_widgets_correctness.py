@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from widget_helpers import PLUGIN, idle, keep_last_state, open_dock, tiny_settings
+from widget_helpers import (
+    PLUGIN,
+    export_stains,
+    idle,
+    keep_last_state,
+    open_dock,
+    tiny_settings,
+)
 
 
 @pytest.fixture
@@ -99,12 +106,14 @@ def test_stopped_run_without_a_better_state_keeps_the_earlier_result(dock, tiny_
         assert np.array_equal(np.asarray(viewer.layers[n].data), data), n
         assert viewer.layers[n].metadata["lmadda"]["best_step"] == first.result.best_step
     (tmp_path / "out").mkdir()
-    files = d.results.export_stains(tmp_path / "out")
+    files = export_stains(d, qtbot, tmp_path / "out")
     lm = [f for f in files if "unadapted" not in f.name]
     un = [f for f in files if "unadapted" in f.name]
     import tifffile
 
-    assert lm and un
+    assert len(lm) == len(un) == 1  # the sample's layer (no files): its images as Z
+    with tifffile.TiffFile(lm[0]) as tif:
+        assert tif.series[0].axes == "ZCYX"
     assert not np.array_equal(tifffile.imread(lm[0]), tifffile.imread(un[0]))
 
 
@@ -198,3 +207,70 @@ def test_outcome_words():
     # a run that kept a trained state says what it kept
     assert outcome_text(result(StopReason.CANCELLED, 40), earlier) == \
         "Stopped after 120 steps; kept the state of step 40"
+
+
+def test_exported_stains_are_the_files_lmadda_predict_writes(dock, tiny_model_path, qtbot,
+                                                              tmp_path):
+    """A calibrated 16-bit folder: the GUI's export and ``lmadda predict`` write alike."""
+    import tifffile
+
+    from napari_lmadda.data.io import read_pixel_size, read_tiff_metadata, write_tiff
+    from napari_lmadda.inference.predict import predict_folder
+    from napari_lmadda.models import load_model
+
+    viewer, d = dock
+    folder = tmp_path / "new microscope"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.tif", "b.tif"):
+        img = rng.integers(800, 4095, (64, 64)).astype(np.uint16)  # 12-bit in 16
+        write_tiff(folder / name, img, dtype=None, axes="YX",
+                   pixel_size={"y": 0.325, "x": 0.325, "unit": "um"})
+    assert d.model.load(str(tiny_model_path))
+    assert d.images.choose_folder("target", str(folder))
+    assert d.results.predict()
+    qtbot.waitUntil(lambda: idle(d) and bool(d.results.last_layers), timeout=30_000)
+    stain = viewer.layers["DAPI [unadapted]"]
+    assert tuple(stain.scale) == pytest.approx((1.0, 0.325, 0.325))
+    assert str(stain.units[-1]) == "micrometer"
+    gui = export_stains(d, qtbot, tmp_path / "gui")
+    assert sorted(f.name for f in gui) == ["a_unadapted_pred.tif", "b_unadapted_pred.tif"]
+    predict_folder(load_model(tiny_model_path), folder, tmp_path / "cli")
+    for name in ("a", "b"):
+        g = tmp_path / "gui" / f"{name}_unadapted_pred.tif"
+        c = tmp_path / "cli" / f"{name}_pred.tif"
+        np.testing.assert_allclose(tifffile.imread(g), tifffile.imread(c), atol=1e-5)
+        with tifffile.TiffFile(g) as tg, tifffile.TiffFile(c) as tc:
+            assert tg.is_imagej and tg.series[0].axes == tc.series[0].axes == "CYX"
+            for key in ("Labels", "unit", "Ranges", "mode"):
+                assert tg.imagej_metadata.get(key) == tc.imagej_metadata.get(key), key
+            assert tg.pages[0].tags["XResolution"].value == \
+                tc.pages[0].tags["XResolution"].value
+        assert read_pixel_size(g) == read_pixel_size(c) == {"y": pytest.approx(0.325),
+                                                           "x": pytest.approx(0.325),
+                                                           "z": None, "unit": "um"}
+        mg, mc = read_tiff_metadata(g), read_tiff_metadata(c)
+        for key in ("source_image", "channels", "units", "model", "axes"):
+            assert mg[key] == mc[key], key
+        assert mg["tag"] == "unadapted"
+    # never over existing files unless asked; nothing is half-written
+    before = (tmp_path / "gui" / "a_unadapted_pred.tif").stat().st_mtime_ns
+    assert export_stains(d, qtbot, tmp_path / "gui") == []
+    assert "already exists" in d.message.text()
+    assert (tmp_path / "gui" / "a_unadapted_pred.tif").stat().st_mtime_ns == before
+    assert len(export_stains(d, qtbot, tmp_path / "gui", overwrite=True)) == 2
+    assert not [p for p in (tmp_path / "gui").iterdir() if not p.name.endswith("_pred.tif")]
+
+
+def test_run_status_names_what_is_trained(dock):
+    """One layer, a range (APMA), or auto's candidates: never '0 trainable parameters'."""
+    from napari_lmadda.adapt.events import Started
+
+    viewer, d = dock
+    d.adapt._on_event(Started("lmadda", (4,), 120, 1234, "cpu", "train", "gap"))
+    assert "at layer 4: 1,234 trainable parameters on" in d.adapt.status.text()
+    d.adapt._on_event(Started("apma", (2, 3, 4), 120, 99, "cpu", "train", "gap"))
+    assert "at layers 2–4: 99 trainable" in d.adapt.status.text()
+    d.adapt._on_event(Started("auto", (3, 6, 4), 240, 0, "cpu", "train", "out_q"))
+    text = d.adapt.status.text()
+    assert "trying layers 3, 6, 4 on " in text and "trainable" not in text

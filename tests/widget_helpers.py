@@ -45,3 +45,11 @@ def keep_last_state(adapt: Any, monkeypatch: Any) -> None:
 
     config = adapt.config
     monkeypatch.setattr(adapt, "config", lambda: replace(config(), criterion="last"))
+
+
+def export_stains(dock: Any, qtbot: Any, folder: Any, **kwargs: Any) -> list:
+    """Write the shown stains as a user does (in the background) and wait for the files."""
+    if not dock.results.export_stains(folder, **kwargs):
+        return []
+    qtbot.waitUntil(lambda: idle(dock), timeout=60_000)
+    return list(dock.results.last_export)

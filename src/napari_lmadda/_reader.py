@@ -5,7 +5,10 @@ image), or one layer per image size when the sizes differ. A folder of sub-folde
 ``lmadda make-synthetic`` writes: ``input/``, ``dapi/``, ``cd29/``) opens one layer per
 sub-folder with images, stains in their colours and hidden. A folder with nothing to open is
 refused in one line, in the dock and as a notification, never with a traceback. Drop a
-``.pt`` / ``.pth`` model file and it is loaded into the dock's Model step; no layer is added.
+``.pt`` / ``.pth`` model file, or a bioimage.io model package (``*.zip``, its ``rdf.yaml``, or
+the unpacked folder), and it is loaded into the dock's Model step; no layer is added. A
+package is read as data: its architecture file never runs on open (a package that is not a
+pix2pix-style UNet is refused in one line).
 """
 
 from __future__ import annotations
@@ -157,12 +160,13 @@ def read_folder(path: str | list[str]) -> list[LayerData]:
 
 
 def read_model_file(path: str | list[str]) -> list[LayerData]:
-    """Load a model file into the plugin's state of the current viewer.
+    """Load a model file or bioimage.io package into the plugin's state of the current viewer.
 
     Parameters
     ----------
     path : str or list of str
-        A ``.pt`` / ``.pth`` model file.
+        A ``.pt`` / ``.pth`` model file, or a bioimage.io package (zip, ``rdf.yaml`` or
+        folder), read without running its code.
 
     Returns
     -------
@@ -183,7 +187,10 @@ def read_model_file(path: str | list[str]) -> list[LayerData]:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """Return a reader for a folder or a model file, else None (never raises).
+    """Return a reader for a folder, a model file or a bioimage.io package, else None.
+
+    Never raises. A zip or YAML file that is not a bioimage.io package is left to other
+    readers.
 
     An OME-Zarr image, plate or well opens through :mod:`~napari_lmadda.data.zarr_io`; every
     other folder (but other chunked-array stores, ``.zarr``/``.n5``) is accepted: one with
@@ -205,6 +212,11 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
                 return None
             path = path[0]
         p = Path(path)
+        if p.suffix.lower() in (".zip", ".yaml", ".yml") or p.is_dir():
+            from .bioimageio.load import is_bioimageio_package
+
+            if is_bioimageio_package(p):  # a model, read as data (no package code runs)
+                return read_model_file
         if p.is_dir():
             from .data.zarr_io import is_zarr_image, zarr_layer_data
 

@@ -419,11 +419,16 @@ class AdaptStep(QWidget):
         elif isinstance(ev, Started):
             self.progress.setMaximum(max(1, ev.total_steps))
             self.plot.start(ev.total_steps)
-            lays = ev.layers
+            lays = list(ev.layers)
+            contiguous = lays == list(range(lays[0], lays[0] + len(lays))) if lays else False
             where = (f" at layer {lays[0]}" if len(lays) == 1 else
-                     f" at layers {lays[0]}–{lays[-1]}" if len(lays) > 1 else "")
-            self.set_status(f"Running {method_label(ev.method)}{where}: "
-                            f"{ev.trainable_params:,} trainable parameters on "
+                     f" at layers {lays[0]}–{lays[-1]}" if contiguous else
+                     # candidates tried one after another (auto), not one range
+                     " trying layers " + ", ".join(map(str, lays)) if lays else "")
+            params = (f"{ev.trainable_params:,} trainable parameters " if ev.trainable_params
+                      else "")  # auto trains several candidates: no one count
+            self.set_status(f"Running {method_label(ev.method)}{where}"
+                            f"{': ' + params if params else ' '}on "
                             f"{self.device_combo.describe(ev.device)}")
         elif isinstance(ev, Finished):
             self._progress.flush()

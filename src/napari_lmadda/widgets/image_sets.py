@@ -29,6 +29,7 @@ __all__ = [
     "images_for_adaptation",
     "prediction_loader",
     "layer_planes",
+    "layer_pixel_size",
 ]
 
 
@@ -111,7 +112,8 @@ class ImageSet:
         Identity of the data: ``layer:<layer id>`` or ``folder:<path>[:HxW]``; stain layers
         computed from it carry it, so they are never mixed up with another input's.
     layer_kwargs : dict
-        ``scale``/``translate`` for the stain layers (copied from the input layer).
+        ``scale``/``translate``/``units`` for the stain layers (copied from the input layer,
+        or the files' calibration).
     input_layer : str or None
         The input's layer, or None when it came from a folder and is not shown yet.
     folder : str or None
@@ -120,6 +122,9 @@ class ImageSet:
         File of each plane (folders only).
     squeeze : bool
         The input layer is 2-D: the stain layers are too.
+    pixel_size : dict or None
+        ``{"y", "x", "unit"}`` of the input (:func:`~napari_lmadda.data.io.read_pixel_size`
+        form), None when it has no physical calibration; written into exported stains.
     """
 
     name: str
@@ -130,6 +135,23 @@ class ImageSet:
     folder: str | None = None
     files: list[str] = field(default_factory=list)
     squeeze: bool = False
+    pixel_size: dict[str, Any] | None = None
+
+
+def layer_pixel_size(layer: Any) -> dict[str, Any] | None:
+    """The pixel size of an image layer as the TIFF writers take it, None without units.
+
+    napari keeps a physical unit per axis (``layer.units``, ``pixel`` when none was given);
+    a layer whose plane axes have no length unit has no calibration to keep.
+    """
+    from ..data.io import unit_name
+
+    scale = tuple(float(v) for v in layer.scale)
+    units = tuple(str(u) for u in getattr(layer, "units", ()) or ())
+    unit = unit_name(units[-1]) if units else None
+    if unit is None or len(scale) < 2 or min(scale[-2:]) <= 0:
+        return None
+    return {"y": scale[-2], "x": scale[-1], "unit": unit}
 
 
 def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
@@ -152,13 +174,25 @@ def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         ndim = layer.ndim
         kwargs = {"scale": tuple(layer.scale)[-max(ndim, 2):],
-                  "translate": tuple(layer.translate)[-max(ndim, 2):]}
+                  "translate": tuple(layer.translate)[-max(ndim, 2):],
+                  "units": tuple(str(u) for u in layer.units)[-max(ndim, 2):]}
         if ndim > 3:  # stains are (N, H, W); keep only the plane axes' scale
-            kwargs = {k: (1.0, *v[-2:]) for k, v in kwargs.items()}
+            first = {"scale": 1.0, "translate": 0.0, "units": "pixel"}
+            kwargs = {k: (first[k], *v[-2:]) for k, v in kwargs.items()}
         name, key = layer.name, f"layer:{layer.unique_id}"
+        px = layer_pixel_size(layer)
+        # a layer the reader made from a folder: its files, one per plane, so the stains
+        # are written per file as lmadda predict writes them
+        origin = layer.metadata.get("lmadda", {}) if isinstance(layer.metadata, dict) else {}
+        folder = origin.get("folder") if isinstance(origin.get("folder"), str) else None
+        files = [str(f) for f in origin.get("files") or []] if folder else []
 
         def from_layer() -> list[ImageSet]:
-            return [ImageSet(name, _planes(data, name), key, kwargs, name, squeeze=ndim == 2)]
+            stack = _planes(data, name)
+            ok = len(files) == len(stack)
+            return [ImageSet(name, stack, key, kwargs, name, squeeze=ndim == 2,
+                             pixel_size=px, folder=folder if ok else None,
+                             files=files if ok else [])]
 
         return from_layer
     folder = sel.value
@@ -174,10 +208,11 @@ def prediction_loader(viewer: napari.Viewer) -> Callable[[], list[ImageSet]]:
             size = f"{g.shape[0]}x{g.shape[1]}"
             one = len(groups) == 1
             px = read_pixel_size(Path(folder) / g.files[0])  # stains keep the calibration
-            kwargs = {"scale": (1.0, px["y"], px["x"])} if px is not None else {}
+            kwargs = ({"scale": (1.0, px["y"], px["x"]),
+                       "units": ("pixel", px["unit"], px["unit"])} if px is not None else {})
             out.append(ImageSet(base if one else f"{base} {size}", g.stack,
                                 f"folder:{folder}" if one else f"folder:{folder}:{size}",
-                                kwargs, folder=folder, files=list(g.files)))
+                                kwargs, folder=folder, files=list(g.files), pixel_size=px))
         return out
 
     return from_folder

@@ -104,10 +104,13 @@ class ModelStep(QWidget):
         self.state = get_state(napari_viewer)
 
         self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("model .pt or pix2pix latest_net_G.pth")
+        self.path_edit.setPlaceholderText("model .pt, pix2pix latest_net_G.pth or "
+                                          "bioimage.io .zip")
         self.path_edit.returnPressed.connect(self._load_typed)
         self.browse_btn = QPushButton("Browse…")
-        self.browse_btn.setToolTip("Load a napari-lmadda model or a pix2pix latest_net_G.pth")
+        self.browse_btn.setToolTip("Load a napari-lmadda model, a pix2pix latest_net_G.pth or "
+                                   "a bioimage.io package of a pix2pix-style UNet (read as "
+                                   "data: its code is not run)")
         self.browse_btn.clicked.connect(self._browse)
         self.demo_btn = QPushButton("Demo model")
         self.demo_btn.setToolTip("The bundled demo model (synthetic phase contrast -> DAPI, CD29)")
@@ -210,7 +213,8 @@ class ModelStep(QWidget):
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Load a model", "", "Model files (*.pt *.pth);;All files (*)"
+            self, "Load a model", "",
+            "Model files (*.pt *.pth *.zip rdf.yaml *.bioimageio.yaml);;All files (*)"
         )
         if path:
             self.path_edit.setText(path)

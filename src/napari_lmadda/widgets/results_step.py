@@ -12,11 +12,9 @@ pass or the average over flips and rotations (TTA); "Trust map" adds the per-pix
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from psygnal import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -54,10 +52,6 @@ PREDICTIONS = {"one pass": False, f"average of {TTA_SAMPLES} flips/rotations (TT
 _RED = "#e06c6c"
 
 
-def _safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "stain"
-
-
 def _result_tag(adapted: AdaptedModel) -> ResultTag:
     r = adapted.result
     return ResultTag(adapted.tag, f"run{adapted.run}@{adapted.model_serial}", adapted.run, {
@@ -90,6 +84,11 @@ class ResultsStep(QWidget):
         self.task: workers.Task | None = None
         self.last_layers: list[str] = []
         self.last_trust_layers: list[str] = []
+        self.last_sets: list[Any] = []  # the inputs of the stains shown (ImageSet)
+        self.last_export: list[Path] = []  # files written by the last export_stains
+        # result key -> its model, for the files written from the stain layers
+        self._result_models: dict[str, Any] = {}
+        self._models_predicting: dict[str, Any] = {}
         self.device = "auto"
         self._adding = False
         self._finish_after_adding = False
@@ -130,8 +129,9 @@ class ResultsStep(QWidget):
         self.save_btn.setToolTip("Save the chosen adapted model (with its provenance)")
         self.save_btn.clicked.connect(self._ask_save_model)
         self.export_btn = QPushButton("Write TIFFs…")
-        self.export_btn.setToolTip("Write the shown stain layers as TIFF files with their "
-                                   "metadata (never over existing files)")
+        self.export_btn.setToolTip("Write the shown stains as lmadda predict does: one "
+                                   "calibrated ImageJ TIFF per input file, the markers as "
+                                   "channels (never over existing files)")
         self.export_btn.clicked.connect(self._ask_export)
         self.bioimage_btn = QPushButton("Export to bioimage.io…")
         self.bioimage_btn.setToolTip(
@@ -255,6 +255,7 @@ class ResultsStep(QWidget):
             return specs + stain_specs(outputs, sets, tags, markers, label, how)
 
         self._tags = tags
+        self._models_predicting = {t.key: m for t, m in models}
         self._trust = (tags[-1], models[-1][1]) if self.trust_check.isChecked() else None
         self._predicted = None
         self.state.set_busy(True)
@@ -323,6 +324,7 @@ class ResultsStep(QWidget):
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = True
         self.last_sets = sets
+        self._result_models.update(self._models_predicting)
         text = self._describe(stains, len(others) - hidden_before, sets, tta)
         self.set_status(text.replace(": showing", ": adding the layers… showing", 1))
 
@@ -485,41 +487,62 @@ class ResultsStep(QWidget):
         notify(self.state, "info", f"Saved the adapted model to '{written}'", toast=False)
         return Path(written) if written is not None else path
 
-    def export_stains(self, folder: str | Path) -> list[Path]:
-        """Write the last shown stain layers to ``folder`` as TIFF (never overwriting).
+    def export_stains(self, folder: str | Path, overwrite: bool = False) -> bool:
+        """Write the last shown stains to ``folder`` as ``lmadda predict`` writes them.
+
+        One calibrated ImageJ hyperstack per input file (per input layer), the markers as
+        named channels, the input's pixel size and unit, the model's provenance and the
+        result's (:mod:`.stain_export`). Existing files are replaced only with
+        ``overwrite`` (checked before anything is written); each file is written to a
+        temporary name, then renamed. The files are written in the background; when done,
+        :attr:`last_export` lists them and the dock says what was written or why not.
 
         Returns
         -------
-        list of Path
-            Files written (empty after showing why nothing was).
+        bool
+            True if the export started.
         """
-        from ..data.io import write_tiff
+        from .stain_export import LayerSnapshot, export_messages
 
-        names = [n for n in self.last_layers if n in self.viewer.layers]
-        if not names:
+        if self.state.busy:
+            return False
+        layers = [LayerSnapshot.of(self.viewer.layers[n]) for n in self.last_layers
+                  if n in self.viewer.layers]
+        self.last_export = []
+        if not layers:
             notify(self.state, "error", "No stain layers to write: show the virtual stains "
                                         "first")
-            return []
-        folder = Path(folder)
-        targets = {n: folder / f"{_safe_filename(n)}.tif" for n in names}
-        existing = [p for p in targets.values() if p.exists()]
-        if existing:
-            notify(self.state, "error", f"Nothing written: '{existing[0]}' already exists "
-                                        f"({len(existing)} file(s) would be overwritten)")
-            return []
-        written: list[Path] = []
-        try:
-            for name, path in targets.items():
-                layer = self.viewer.layers[name]
-                meta = {**layer.metadata.get("lmadda", {}), "layer": name,
-                        "scale": list(layer.scale), "translate": list(layer.translate)}
-                written.append(write_tiff(path, np.asarray(layer.data), metadata=meta))
-        except LmaddaError as exc:
-            notify(self.state, "error", f"Writing stopped after {len(written)} file(s): {exc}")
-        if written:
-            notify(self.state, "info", f"Wrote {len(written)} TIFF file(s) to '{folder}'",
-                   toast=False)
-        return written
+            return False
+        sets, models, folder = list(self.last_sets), dict(self._result_models), Path(folder)
+        self.state.set_busy(True)
+        self.set_status(f"Writing the stains to '{folder}'…")
+        task = workers.start(
+            lambda cancel: export_messages(layers, sets, models, folder, overwrite),
+            lambda msg: self._on_stains_message(msg, folder),
+            self._on_export_done,
+        )
+        self.task = None if task.done else task
+        return True
+
+    def _on_stains_message(self, msg: Any, folder: Path) -> None:
+        from .stain_export import ExportFinished, ExportProgress
+
+        if isinstance(msg, ExportProgress):
+            self._progress.push(f"Writing the stains… {msg.done} / {msg.total} file(s)")
+        elif isinstance(msg, ExportFinished):
+            self._progress.reset()
+            self.last_export = list(msg.written)
+            if msg.error:
+                what = (f"writing stopped after {len(msg.written)} file(s)" if msg.written
+                        else "nothing written")
+                text = f"Stains not exported, {what}: {msg.error}"
+                notify(self.state, "error", text)
+                self.set_status(text, error=True)
+            else:
+                text = (f"Wrote {len(msg.written)} calibrated TIFF file(s) to '{folder}' "
+                        f"({msg.seconds:.1f} s)")
+                notify(self.state, "info", text, toast=False)
+                self.set_status(text)
 
     def export_bioimageio(self, path: str | Path, overwrite: bool = False) -> bool:
         """Write the chosen model as a bioimage.io package in the background.
@@ -617,6 +640,8 @@ class ResultsStep(QWidget):
             self.side_btn.setChecked(False)
         self.last_layers = []
         self.last_trust_layers = []
+        self.last_sets = []
+        self._result_models = {}
         self._fill_results()
         self._fill_markers()
         self.set_status("")

@@ -92,6 +92,7 @@ class LayerSpec:
     blending: str = "additive"
     scale: tuple | None = None
     translate: tuple | None = None
+    units: tuple | None = None
 
 
 def _limits(data: np.ndarray) -> tuple[float, float]:
@@ -116,12 +117,12 @@ def input_spec(iset: Any) -> LayerSpec:
         colormap="gray", contrast_limits=_limits(data), blending="translucent",
         metadata={"lmadda": {"kind": "input", "folder": iset.folder, "files": iset.files,
                              "input": iset.name}},
-        scale=kw.get("scale"), translate=kw.get("translate"))
+        scale=kw.get("scale"), translate=kw.get("translate"), units=kw.get("units"))
 
 
 def _input_meta(iset: Any) -> dict[str, Any]:
     return {"input": iset.name, "input_folder": iset.folder, "input_key": iset.key,
-            "input_layer": iset.input_layer}
+            "input_layer": iset.input_layer, "pixel_size": iset.pixel_size}
 
 
 def stain_specs(outputs: dict[tuple[str, int], np.ndarray], sets: Sequence[Any],
@@ -162,12 +163,13 @@ def stain_specs(outputs: dict[tuple[str, int], np.ndarray], sets: Sequence[Any],
                 if rt.run > 1:
                     names += (stain_layer_name(marker, f"{rt.tag} #{rt.run}", suffix),)
                 meta = {"lmadda": {"kind": "stain", "model": model_label, "tag": rt.tag,
-                                   "result": rt.key, "channel": marker,
+                                   "result": rt.key, "channel": marker, "channel_index": c,
                                    "prediction": prediction, **rt.meta, **_input_meta(iset)}}
                 kw = _plane_kwargs(iset, data.ndim)
                 specs.append(LayerSpec(("stain", iset.key, rt.key, marker), names, data,
                                        stain_colormap(marker, c), _limits(data), meta,
-                                       scale=kw.get("scale"), translate=kw.get("translate")))
+                                       scale=kw.get("scale"), translate=kw.get("translate"),
+                                       units=kw.get("units")))
     return specs
 
 
@@ -196,7 +198,8 @@ def trust_specs(maps: dict[int, np.ndarray], sets: Sequence[Any], rt: ResultTag,
             kw = _plane_kwargs(iset, data.ndim)
             specs.append(LayerSpec(("trust", iset.key, rt.key, marker), names, data, "magma",
                                    (0.0, hi if hi > 0 else 1.0), meta, visible=c == 0,
-                                   scale=kw.get("scale"), translate=kw.get("translate")))
+                                   scale=kw.get("scale"), translate=kw.get("translate"),
+                                   units=kw.get("units")))
     return specs
 
 
@@ -319,8 +322,8 @@ class OwnedLayers:
             taken.discard(layer.name)
         name = next((n for n in spec.names if n not in taken), spec.names[-1])
         taken.add(name)
-        kwargs = {k: v for k, v in (("scale", spec.scale), ("translate", spec.translate))
-                  if v is not None}
+        kwargs = {k: v for k, v in (("scale", spec.scale), ("translate", spec.translate),
+                                    ("units", spec.units)) if v is not None}
         layer = Image(spec.data, name=name, colormap=spec.colormap, blending=spec.blending,
                       contrast_limits=spec.contrast_limits, metadata=spec.metadata,
                       visible=spec.visible, **kwargs)
