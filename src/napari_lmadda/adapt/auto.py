@@ -24,10 +24,11 @@ with measurements on the unlabeled images alone:
 5. **Do no harm.** Candidates are taken in the order of their score; the first whose
    improvement over the source model survives a paired bootstrap over the patches
    (:func:`~napari_lmadda.adapt.scoring.paired_gain`: its lower 5 % bound is above 0) and
-   is at least :data:`MIN_GAIN` of the source model's score is kept. AdaBN must also keep
-   its predictions as stable under flips and rotations as the source model's
-   (:data:`ADABN_TTA_MAX`): on bright field it matched the stain distribution while
-   predicting worse stains. When no candidate passes, the source model is kept.
+   is at least :data:`MIN_GAIN` of the source model's score is kept. AdaBN is scored and
+   shown but not kept (:data:`KEEP_ADABN`): the score favours it by construction, and each
+   time auto kept it in our measurements it predicted worse stains (with ``keep_adabn`` it
+   must also keep its predictions as stable under flips and rotations as the source
+   model's, :data:`ADABN_TTA_MAX`). When no candidate passes, the source model is kept.
 
 The result is an :class:`AutoResult`: an :class:`~napari_lmadda.adapt.events.AdaptResult`
 with a typed :class:`AutoReport`, whose ``message`` says in plain words what was kept and why.
@@ -64,6 +65,12 @@ SCORE = "out_q"
 #: factor (bright field 1.66, where AdaBN hurt; 0.82-1.48 on 12 synthetic shifts where it
 #: helped or did nothing; docs/benchmarks.md)
 ADABN_TTA_MAX = 1.5
+#: whether auto may keep AdaBN. No: ``out_q`` favours AdaBN by construction (AdaBN matches the
+#: statistics that shape the predicted stains' distribution, which the score reads), and in
+#: every measured run where auto kept it the stains got worse (bright field before the flip
+#: check; ``lmadda demo`` 0.692 -> 0.656; 20 uint16 fields 0.752 -> 0.694). It is still scored
+#: and shown, so a user sees what it would do.
+KEEP_ADABN = False
 #: a candidate must bring the score down by at least this fraction of the source model's
 MIN_GAIN = 0.1
 #: fixed patches per domain for the score
@@ -169,7 +176,8 @@ def plan_steps(n: int, steps: int, eval_every: int) -> int:
 
 
 def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.nan,
-           tta: dict[str, float] | None = None) -> tuple[CandidateReport | None, str]:
+           tta: dict[str, float] | None = None,
+           keep_adabn: bool = KEEP_ADABN) -> tuple[CandidateReport | None, str]:
     """The do-no-harm rule: the best-scoring candidate that clearly beats the source model.
 
     Parameters
@@ -179,6 +187,8 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
     source_tta, tta :
         Flip/rotation inconsistency of the source model and of the candidates by name
         (AdaBN's check, :data:`ADABN_TTA_MAX`).
+    keep_adabn : bool
+        Whether AdaBN may be kept at all (:data:`KEEP_ADABN`).
 
     Returns
     -------
@@ -191,6 +201,11 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
     for c in sorted(candidates, key=lambda c: c.score):
         if not (c.gain_lower > 0 and c.gain >= MIN_GAIN * (c.score + c.gain)):
             passed_over.append(f"{c.name} (not clearly better than the source model)")
+            continue
+        if c.method == "adabn" and not keep_adabn:
+            c.note = ("not kept: the label-free score favours AdaBN by construction, and where "
+                      "auto kept it in our measurements the stains got worse")
+            passed_over.append(f"{c.name} (its score cannot be trusted)")
             continue
         t = (tta or {}).get(c.name)
         if c.method == "adabn" and t is not None and t > ADABN_TTA_MAX * source_tta:
