@@ -8,6 +8,7 @@ line to ``benchmarks/results/auto/auto_runs.jsonl``. ``auto_replay.py`` predicts
 choices from the full candidate grids; this checks the prediction and measures the cost.
 
     python benchmarks/auto_bench.py --case brightfield --seed 0
+    python benchmarks/auto_bench.py --case real:bpae_defocus --steps 400   # real_cases.py
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from auto_grid import OUT, _pearson, domains
 from napari_lmadda.adapt.auto import format_report, iter_auto
 from napari_lmadda.adapt.config import AdaptConfig
-from napari_lmadda.adapt.events import Finished, Step
+from napari_lmadda.adapt.events import Evaluated, Finished, Step
 from napari_lmadda.jsonsafe import json_safe
 from napari_lmadda.models import load_model
 
@@ -37,8 +38,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT / "auto_runs.jsonl")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model("demo")
-    source, target, ev = domains(args.case)
+    patch = 128
+    if args.case.startswith("real:"):  # a real case, with the plain source model of augment.py
+        import augment  # noqa: PLC0415 - benchmarks/ is on sys.path when run as a script
+
+        d = augment.load_case(args.case)
+        model = load_model(str(augment.source_model_path(augment.OUT, args.case, "plain")))
+        source, target, ev, patch = d["source"], d["target"], d["eval"], d["patch"]
+    else:
+        model = load_model("demo")
+        source, target, ev = domains(args.case)
     evaluated = []
 
     def monitor(step, net):
@@ -46,12 +55,18 @@ def main() -> None:
         evaluated.append({"step": step, **m})
         return m
 
-    cfg = AdaptConfig(steps=args.steps, device="cpu", seed=args.seed)
+    cfg = AdaptConfig(steps=args.steps, device="cpu", seed=args.seed, patch_size=patch)
     layers = tuple(int(v) for v in args.layers.split(",") if v)
     t0, res, steps = time.perf_counter(), None, 0
+    total = "?"
     for e in iter_auto(model, source, target, layers=layers, config=cfg, monitor=monitor):
         if isinstance(e, Step):
-            steps = e.step
+            steps, total = e.step, e.total_steps
+        if isinstance(e, Evaluated):  # progress, for a long run watched through its log
+            truth = evaluated[-1].get("pearson", float("nan")) if evaluated else float("nan")
+            print(f"step {e.step}/{total} layer "
+                  f"{e.metrics.get('layer', 0):.0f}: score {e.criterion:.4f} truth {truth:.3f}"
+                  f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         if isinstance(e, Finished):
             res = e.result
     seconds = time.perf_counter() - t0

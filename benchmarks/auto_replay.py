@@ -20,6 +20,7 @@ all (oracle choice among what was trained).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from auto_grid import OUT, domains
 from napari_lmadda.adapt import auto
 from napari_lmadda.adapt.auto import CandidateReport, decide, halving_plan
+from napari_lmadda.adapt.recommend import choose_layer
 from napari_lmadda.adapt.scoring import (
     FixedProbe,
     image_patches,
@@ -38,22 +40,35 @@ from napari_lmadda.adapt.scoring import (
     sketch_w2,
 )
 from napari_lmadda.models import load_model
+from recommend_validation import _rows_of
 
 PROFILES = Path(__file__).resolve().parent / "results" / "recommend" / "profiles"
 
 
-def _pred(ckpt: Path, step: int) -> np.ndarray | None:
-    p = ckpt / f"step{step:05d}_pred.npy"
-    return np.load(p).astype(np.float32) if p.exists() else None
+def _sketch(ckpt: Path, step: int, probe: FixedProbe, net) -> np.ndarray | None:
+    """The quantile sketch of a saved checkpoint's predictions on the probe's target patches.
+
+    The predictions are cached beside the checkpoint per probe size (``auto_scores.py``'s
+    ``_pred.npy`` files were made with an older 32-patch probe)."""
+    n = probe.tgt.shape[0]
+    cache = ckpt / f"step{step:05d}_pred{n}.npy"
+    if not cache.exists():
+        state = ckpt / f"step{step:05d}.pt"
+        if not state.exists():
+            return None
+        net.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
+        np.save(cache, probe.predict(net).numpy().astype(np.float16))
+    return quantile_sketch(np.load(cache).astype(np.float32))
 
 
 def replay(case: str, seed: int, runs: list[dict], model, tta: dict[str, float],
            steps: int = 1200, eval_every: int = 100) -> dict:
     """Auto's decisions on one case and seed, from the grid's runs."""
     prof = json.loads((PROFILES / f"{case}_m{seed}.json").read_text())
-    ranking = prof.get("ranking") or []
-    if prof["layer"] is None:
-        ranking = []
+    # the saved measurements, judged by today's rule (the profiles predate its ranking)
+    layer, _, _, det = choose_layer(_rows_of(prof), p_value=prof["p_value"],
+                                    num_layers=prof["settings"]["num_layers"])
+    prof["layer"], ranking = layer, det["ranking"] if layer is not None else []
     by = {(r["method"], r["layer"]): r for r in runs}
     none = by[("none", None)]
     truth0 = none["final"]["monitor_pearson"]
@@ -81,12 +96,13 @@ def replay(case: str, seed: int, runs: list[dict], model, tta: dict[str, float],
     pt, pt_ids = image_patches(target, auto.PROBE_PATCHES, 128, seed + 20_000)
     probe = FixedProbe.build(model, ps, pt, layers=(model.num_layers,))
     ref, var = probe.ref_sketch, probe.out_var
-    none_sk = quantile_sketch(_pred(Path(none["ckpt"]), 0))
+    net = copy.deepcopy(model)
+    none_sk = _sketch(Path(none["ckpt"]), 0, probe, net)
     none_score = sketch_w2(ref, none_sk, var)
     reports, sketches = [], {}
     if ("adabn", None) in by:
         a = by[("adabn", None)]
-        sk = quantile_sketch(_pred(Path(a["ckpt"]), 0))
+        sk = _sketch(Path(a["ckpt"]), 0, probe, net)
         sketches["AdaBN"] = (sk, a["final"]["monitor_pearson"], 0)
         reports.append(CandidateReport("AdaBN", "adabn", None, sketch_w2(ref, sk, var)))
     # successive halving on the saved checkpoints
@@ -100,10 +116,9 @@ def replay(case: str, seed: int, runs: list[dict], model, tta: dict[str, float],
                 continue
             ck = Path(lm[la]["ckpt"])
             for step in range(prev + eval_every, end + 1, eval_every):
-                p = _pred(ck, step)
-                if p is None:
+                sk = _sketch(ck, step, probe, net)
+                if sk is None:
                     continue
-                sk = quantile_sketch(p)
                 s = sketch_w2(ref, sk, var)
                 if s < st["score"]:
                     st.update(score=s, step=step, sk=sk)
@@ -141,12 +156,43 @@ def replay(case: str, seed: int, runs: list[dict], model, tta: dict[str, float],
     return out
 
 
+def pooled(case: str, seed: int, runs: list[dict], model) -> dict:
+    """Every saved checkpoint of a case and seed scored by auto's probe, pooled over layers
+    and methods: Spearman of -score against the ground truth, and what the single
+    lowest-scoring checkpoint is worth (the question auto's score must answer)."""
+    from scipy.stats import spearmanr
+
+    source, target, _ = domains(case)
+    ps, _ = image_patches(source, auto.PROBE_PATCHES, 128, seed + 10_000)
+    pt, _ = image_patches(target, auto.PROBE_PATCHES, 128, seed + 20_000)
+    probe = FixedProbe.build(model, ps, pt, layers=(model.num_layers,))
+    net = copy.deepcopy(model)
+    points = []
+    for r in runs:
+        name = r["method"] + ("" if r["layer"] is None else f" L{r['layer']}")
+        for h in r["history"]:
+            sk = _sketch(Path(r["ckpt"]), h["step"], probe, net)
+            truth = h.get("monitor_monitor_pearson", h.get("monitor_pearson"))
+            if sk is not None and truth is not None:
+                points.append((name, h["step"], sketch_w2(probe.ref_sketch, sk, probe.out_var),
+                               float(truth)))
+    scores = np.array([p[2] for p in points])
+    truths = np.array([p[3] for p in points])
+    pick = points[int(np.argmin(scores))]
+    return {"case": case, "seed": seed, "checkpoints": len(points),
+            "spearman": float(spearmanr(-scores, truths).statistic),
+            "pick": f"{pick[0]} step {pick[1]}", "pick_truth": pick[3],
+            "best_truth": float(truths.max()), "regret": float(truths.max() - pick[3])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", type=Path, default=OUT / "grid.jsonl")
     p.add_argument("--scores", type=Path, default=OUT / "scores.jsonl")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--cases", default="")
+    p.add_argument("--pooled", action="store_true",
+                   help="score every checkpoint of the cases' grids instead (pooled ranking)")
     args = p.parse_args()
     torch.set_num_threads(1)
     model = load_model("demo")
@@ -158,6 +204,15 @@ def main() -> None:
     keys = sorted({(r["case"], r["seed"]) for r in runs})
     only = {c for c in args.cases.split(",") if c}
     results = []
+    if args.pooled:
+        for case, seed in keys:
+            rs = [r for r in runs if (r["case"], r["seed"]) == (case, seed)]
+            if (only and case not in only) or not any(r["method"] == "lmadda" for r in rs):
+                continue
+            results.append(pooled(case, seed, rs, model))
+            print(json.dumps(results[-1]), flush=True)
+        (args.out / "pooled.json").write_text(json.dumps(results, indent=1) + "\n")
+        return
     for case, seed in keys:
         if only and case not in only:
             continue

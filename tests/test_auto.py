@@ -89,11 +89,22 @@ def test_decide_refuses_gains_within_the_noise_or_too_small():
 def test_decide_refuses_an_adabn_that_is_unstable_under_flips():
     adabn = _cand("AdaBN", 0.05, 0.20, 0.15, method="adabn")
     lm = _cand("LM-ADDA layer 3", 0.10, 0.15, 0.08)
-    winner, why = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.07})
+    winner, why = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.07}, keep_adabn=True)
     assert winner is lm and "AdaBN (unstable" in why and "1.8x" in adabn.note
-    # as stable as the source model: AdaBN wins on its score
-    winner, _ = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.045})
+    # as stable as the source model: AdaBN wins on its score (when it may be kept)
+    winner, _ = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.045}, keep_adabn=True)
     assert winner is adabn
+
+
+def test_decide_does_not_keep_adabn_by_default():
+    # the best score and stable, yet not kept: the score favours AdaBN by construction
+    adabn = _cand("AdaBN", 0.05, 0.20, 0.15, method="adabn")
+    lm = _cand("LM-ADDA layer 3", 0.08, 0.17, 0.12)
+    winner, why = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.04})
+    assert winner is lm and "AdaBN (its score cannot be trusted)" in why
+    assert "not kept" in adabn.note
+    winner, _ = decide([adabn], source_tta=0.04, tta={"AdaBN": 0.04})
+    assert winner is None  # the source model, never AdaBN
 
 
 def test_paired_gain_resamples_images_not_patches():
@@ -207,6 +218,10 @@ def test_cli_adapt_method_auto_on_folders(tmp_path, capsys):
     assert rc == 0 and out.exists()
     assert "candidate" in text and "AdaBN" in text and "LM-ADDA layer" in text
     assert "=> " in text and "steps 60 of 90 allowed" in text
+    # progress names the candidate and its own step; AdaBN's stability is shown
+    assert "auto: trying no adaptation, AdaBN and LM-ADDA at layers" in text
+    assert "at its step 10: score" in text and "trainable parameters" not in text
+    assert "inconsistency" in text and "x the source model's" in text
     _, _, meta = read_checkpoint(out)
     prov = meta["provenance"]
     assert prov["method"] == "auto" and prov["winner"] and len(prov["candidates"]) == 5

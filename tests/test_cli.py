@@ -286,9 +286,10 @@ def test_demo_quick_runs_every_method_and_writes_its_outputs(tiny_model_path, tm
             "--device", "cpu", "--layer", "4"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "Pearson on the new microscope" in printed
+    assert "Pearson on the new microscope" in printed and "Conclusion" in printed
     res = json.loads((out / "results.json").read_text())
-    assert set(res["pearson"]) == {"none", "adabn", "adda", "lmadda L4"}
+    assert set(res["pearson"]) == {"none", "adabn", "adda", "lmadda L4", "auto"}
+    assert "=> " in printed and res["auto"]["winner"] and res["auto"]["reason"]
     assert all(set(v) == {"DAPI", "CD29"} for v in res["pearson"].values())
     assert (out / "demo.png").stat().st_size > 1000
     assert len(list((out / "predictions" / "lmadda_L4").glob("*.tif"))) == 4

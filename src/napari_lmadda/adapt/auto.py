@@ -24,10 +24,11 @@ with measurements on the unlabeled images alone:
 5. **Do no harm.** Candidates are taken in the order of their score; the first whose
    improvement over the source model survives a paired bootstrap over the patches
    (:func:`~napari_lmadda.adapt.scoring.paired_gain`: its lower 5 % bound is above 0) and
-   is at least :data:`MIN_GAIN` of the source model's score is kept. AdaBN must also keep
-   its predictions as stable under flips and rotations as the source model's
-   (:data:`ADABN_TTA_MAX`): on bright field it matched the stain distribution while
-   predicting worse stains. When no candidate passes, the source model is kept.
+   is at least :data:`MIN_GAIN` of the source model's score is kept. AdaBN is scored and
+   shown but not kept (:data:`KEEP_ADABN`): the score favours it by construction, and each
+   time auto kept it in our measurements it predicted worse stains (with ``keep_adabn`` it
+   must also keep its predictions as stable under flips and rotations as the source
+   model's, :data:`ADABN_TTA_MAX`). When no candidate passes, the source model is kept.
 
 The result is an :class:`AutoResult`: an :class:`~napari_lmadda.adapt.events.AdaptResult`
 with a typed :class:`AutoReport`, whose ``message`` says in plain words what was kept and why.
@@ -64,6 +65,12 @@ SCORE = "out_q"
 #: factor (bright field 1.66, where AdaBN hurt; 0.82-1.48 on 12 synthetic shifts where it
 #: helped or did nothing; docs/benchmarks.md)
 ADABN_TTA_MAX = 1.5
+#: whether auto may keep AdaBN. No: ``out_q`` favours AdaBN by construction (AdaBN matches the
+#: statistics that shape the predicted stains' distribution, which the score reads), and in
+#: every measured run where auto kept it the stains got worse (bright field before the flip
+#: check; ``lmadda demo`` 0.692 -> 0.656; 20 uint16 fields 0.752 -> 0.694). It is still scored
+#: and shown, so a user sees what it would do.
+KEEP_ADABN = False
 #: a candidate must bring the score down by at least this fraction of the source model's
 MIN_GAIN = 0.1
 #: fixed patches per domain for the score
@@ -169,7 +176,8 @@ def plan_steps(n: int, steps: int, eval_every: int) -> int:
 
 
 def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.nan,
-           tta: dict[str, float] | None = None) -> tuple[CandidateReport | None, str]:
+           tta: dict[str, float] | None = None,
+           keep_adabn: bool = KEEP_ADABN) -> tuple[CandidateReport | None, str]:
     """The do-no-harm rule: the best-scoring candidate that clearly beats the source model.
 
     Parameters
@@ -179,6 +187,8 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
     source_tta, tta :
         Flip/rotation inconsistency of the source model and of the candidates by name
         (AdaBN's check, :data:`ADABN_TTA_MAX`).
+    keep_adabn : bool
+        Whether AdaBN may be kept at all (:data:`KEEP_ADABN`).
 
     Returns
     -------
@@ -191,6 +201,11 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
     for c in sorted(candidates, key=lambda c: c.score):
         if not (c.gain_lower > 0 and c.gain >= MIN_GAIN * (c.score + c.gain)):
             passed_over.append(f"{c.name} (not clearly better than the source model)")
+            continue
+        if c.method == "adabn" and not keep_adabn:
+            c.note = ("not kept: the label-free score favours AdaBN by construction, and where "
+                      "auto kept it in our measurements the stains got worse")
+            passed_over.append(f"{c.name} (its score cannot be trusted)")
             continue
         t = (tta or {}).get(c.name)
         if c.method == "adabn" and t is not None and t > ADABN_TTA_MAX * source_tta:
@@ -234,6 +249,8 @@ def iter_auto(
     config: AdaptConfig | None = None,
     cancel: Callable[[], bool] | None = None,
     monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
+    probe_patches: int | None = None,
+    recommend_steps: int | None = None,
 ) -> Iterator[Event]:
     """Run auto and yield its events (see the module docstring).
 
@@ -253,12 +270,17 @@ def iter_auto(
         Stops the run; the candidates evaluated so far are judged (with the guard).
     monitor : callable, optional
         Passed on to every LM-ADDA candidate (benchmarks log ground truth with it).
+    probe_patches, recommend_steps : int, optional
+        Fixed patches per domain for the score (default :data:`PROBE_PATCHES`) and the
+        recommendation probe's training steps (default :data:`RECOMMEND_PROBE_STEPS`);
+        smaller values only for installation checks (``lmadda demo --quick``).
 
     Yields
     ------
     Event
         ``Started``; ``Step`` with steps counted over all candidates; ``Evaluated`` with the
-        score as criterion and the candidate's layer in ``metrics["layer"]``; ``Finished``.
+        score as criterion, the candidate's layer in ``metrics["layer"]`` and its own step in
+        ``metrics["candidate_step"]``; ``Finished``.
     """
     from ..devices import resolve_device
     from .engine import iter_adapt
@@ -279,7 +301,8 @@ def iter_auto(
     # permutation test on distances misses with few images)
     try:
         rec = recommend_layer(model, src_data, tgt_data, patch_size=cfg.patch_size,
-                              probe_steps=RECOMMEND_PROBE_STEPS, device=str(device),
+                              probe_steps=recommend_steps or RECOMMEND_PROBE_STEPS,
+                              device=str(device),
                               seed=cfg.seed, cancel=cancel)
     except LmaddaError:
         if not stop():
@@ -300,16 +323,15 @@ def iter_auto(
         return _finished(model, rec, reports, winner, winner_model, why, reason, cfg,
                          budget=budget, seconds=time.perf_counter() - t0)
 
-    none = CandidateReport("none", "none", None, 0.0)
+    none = CandidateReport("none", "none", None, math.nan)  # not scored without a shift
     if rec.layer is None:
         yield finished([none], None, None, "", StopReason.COMPLETED)
         return
 
     # 2. the fixed probe: G's side once; the source model's score
-    ps, ps_ids = image_patches(src_data, PROBE_PATCHES, cfg.patch_size,
-                               cfg.seed + _SEEDS["source"])
-    pt, pt_ids = image_patches(tgt_data, PROBE_PATCHES, cfg.patch_size,
-                               cfg.seed + _SEEDS["target"])
+    n_probe = probe_patches or PROBE_PATCHES
+    ps, ps_ids = image_patches(src_data, n_probe, cfg.patch_size, cfg.seed + _SEEDS["source"])
+    pt, pt_ids = image_patches(tgt_data, n_probe, cfg.patch_size, cfg.seed + _SEEDS["target"])
     probe = FixedProbe.build(model, ps, pt, layers=(model.num_layers,), device=device)
     none.score, none_sk = probe.out_q(model)
     sketches: dict[str, np.ndarray] = {}
@@ -329,7 +351,11 @@ def iter_auto(
             score, sketches["AdaBN"] = probe.out_q(res.model)
             tta["AdaBN"] = probe.tta(res.model)
             models["AdaBN"] = lambda res=res: res.model
-            reports.append(CandidateReport("AdaBN", "adabn", None, score, res.best_step))
+            ratio = tta["AdaBN"] / max(source_tta, 1e-12)
+            reports.append(CandidateReport(
+                "AdaBN", "adabn", None, score, res.best_step,
+                note=f"flip/rotation inconsistency {ratio:.2f}x the source model's "
+                     f"(refused above {ADABN_TTA_MAX:g}x)"))
 
     # 4. LM-ADDA candidates in rungs, interleaved through the engine's event generators
     cands = [_Candidate(layer) for layer in cand_layers]
@@ -362,7 +388,8 @@ def iter_auto(
                     # the engine logs monitor values with a "monitor_" prefix
                     score = float(ev.metrics.get("monitor_auto_score", math.inf))
                     yield Evaluated(done_steps, score, score <= c.score,
-                                    {**ev.metrics, "layer": float(c.layer)})
+                                    {**ev.metrics, "layer": float(c.layer),
+                                     "candidate_step": float(ev.step)})
                     if ev.step >= end:
                         break
                 elif isinstance(ev, Finished):
@@ -411,8 +438,9 @@ def format_report(report: AutoReport) -> str:
     lines = [f"{'candidate':<18}{'score':>9}{'gain':>9}{'kept step':>11}{'steps':>7}  status"]
     for c in report.candidates:
         gain = "-" if not math.isfinite(c.gain) else f"{c.gain:.3g}"
+        score = "-" if not math.isfinite(c.score) else f"{c.score:.3g}"
         status = c.note or c.stopped
-        lines.append(f"{c.name:<18}{c.score:>9.3g}{gain:>9}{c.best_step:>11}{c.steps_run:>7}"
+        lines.append(f"{c.name:<18}{score:>9}{gain:>9}{c.best_step:>11}{c.steps_run:>7}"
                      f"  {status}")
     lines.append(f"steps {report.steps_used} of {report.steps_budget} allowed, "
                  f"{report.seconds:.0f} s; {report.recommendation}")

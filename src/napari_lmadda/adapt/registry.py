@@ -105,9 +105,9 @@ METHODS: dict[str, MethodEntry] = {e.name: e for e in (
                 summary="reconstruction decoder and discriminators on features/predictions",
                 unet_only=True),
     MethodEntry("auto", "Auto (choose without labels)", "candidates", auto.run,
-                adversarial=False,
-                summary="tries no adaptation, AdaBN and LM-ADDA at the recommended layers "
-                        "within 3 runs' budget; keeps one only if it clearly helps"),
+                adversarial=False, unet_only=True,
+                summary="tries LM-ADDA at the recommended layers within 3 runs' budget (AdaBN "
+                        "scored, not kept); keeps one only if it clearly helps"),
 )}
 
 

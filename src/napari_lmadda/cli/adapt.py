@@ -102,6 +102,20 @@ def _layer_text(model: Any, layer: int) -> str:
     return f"{layer} ({model.layer_name(layer)})"
 
 
+def auto_progress_line(ev: Any, last_step: Any) -> str:
+    """Format an evaluation of one of auto's LM-ADDA candidates (its layer, its own step)."""
+    from ._common import fmt_duration, fmt_float
+
+    total = f"/{last_step.total_steps}" if last_step is not None else ""
+    parts = [f"step {ev.step:>5}{total}",
+             f"LM-ADDA layer {ev.metrics['layer']:.0f} at its step "
+             f"{ev.metrics['candidate_step']:.0f}: score {fmt_float(ev.criterion)}"
+             f"{' (its best so far)' if ev.is_best else ''}"]
+    if last_step is not None:
+        parts.append(f"ETA {fmt_duration(last_step.eta)}")
+    return "  ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     """Adapt, print progress, save the kept state."""
     from ..adapt import distributed
@@ -149,7 +163,16 @@ def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
     with cancel_on_sigint("adaptation") as cancel:
         for ev in iter_adapt(model, source, target, method=args.method, layers=args.layer,
                              config=cfg, cancel=cancel, run_state=state):
-            if isinstance(ev, Started):
+            if isinstance(ev, Started) and ev.method == "auto":
+                lays = ", ".join(map(str, ev.layers))
+                say("auto: " + (f"trying no adaptation, AdaBN and LM-ADDA at layers {lays} "
+                                f"(the recommended ones) on {ev.device}, {ev.total_steps} "
+                                f"training steps in all; score {ev.criterion} (lower = the "
+                                "stains predicted on the new images are distributed more "
+                                "like the source model's on source images)" if lays else
+                                "measuring whether the new images differ from the source "
+                                "images"), flush=True)
+            elif isinstance(ev, Started):
                 lays = ",".join(_layer_text(model, v) for v in ev.layers) or "-"
                 procs = f" x {world} processes" if world > 1 else ""
                 say(f"{ev.method} at layer(s) {lays}: {ev.trainable_params:,} trainable "
@@ -157,6 +180,9 @@ def _adapt(args: argparse.Namespace, cfg: Any, out: Path, state: Path) -> int:
                     f"{ev.criterion}", flush=True)
             elif isinstance(ev, Step):
                 last_step = ev
+            elif isinstance(ev, Evaluated) and "candidate_step" in ev.metrics:
+                if ev.metrics["candidate_step"] > 0:  # auto: one line per candidate evaluation
+                    say(auto_progress_line(ev, last_step), flush=True)
             elif isinstance(ev, Evaluated):
                 if ev.is_best:
                     best_step = ev.step
