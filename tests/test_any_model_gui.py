@@ -74,6 +74,14 @@ def test_dock_asks_before_running_code_and_adapts_at_a_module_name(
     assert "enc.1" in names and "bottom" in names and names[-1] == "output"
     assert "CareUNet (architecture code)" in d.model.info.text()
     assert "CareUNet" in d.state.model_summary()
+    # methods written for the project's UNet (auto, APMA, SCGAN) are not offered for it
+    from napari_lmadda.adapt.registry import METHODS
+
+    assert not METHODS[d.adapt.method].unet_only
+    combo = d.adapt.method_combo
+    for i in range(combo.count()):
+        entry = METHODS[combo.itemData(i)]
+        assert combo.model().item(i).isEnabled() == (not entry.unet_only)
 
     phase, brightfield = folders
     viewer.open(str(phase), plugin=PLUGIN)

@@ -517,6 +517,7 @@ class AdaptStep(QWidget):
             self.patch_spin.setMinimum(m)
             v = self.patch_spin.value()
             self.patch_spin.setValue(max(m, (v // m) * m))
+            self._fit_method_to(model)
         # what was said about the previous model does not hold for this one
         self.plot.clear()
         self.progress.setRange(0, 1)
@@ -528,6 +529,21 @@ class AdaptStep(QWidget):
         self._update_layer_label()
         self.recommender.show_recommendation()
         self.set_idle_ui()
+
+    def _fit_method_to(self, model: Any) -> None:
+        """Methods written for the project's UNet are greyed out for other networks."""
+        from ..adapt.registry import METHODS
+
+        unet = hasattr(model, "num_downs")
+        items = self.method_combo.model()
+        for i in range(self.method_combo.count()):
+            entry = METHODS.get(self.method_combo.itemData(i))
+            item = items.item(i) if hasattr(items, "item") else None
+            if entry is not None and item is not None:
+                item.setEnabled(unet or not entry.unet_only)
+        current = METHODS.get(self.method)
+        if current is not None and current.unet_only and not unet:
+            self.set_method("lmadda")  # the default the network can run
 
     def _on_recommendation(self, rec: Any) -> None:
         model = self.state.model
