@@ -71,3 +71,12 @@ def errors(monkeypatch):
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
     return shown
+
+
+@pytest.fixture
+def dock(make_napari_viewer):
+    """A napari viewer (not shown) and the plugin's dock in it (napari tests only)."""
+    from widget_helpers import open_dock
+
+    viewer = make_napari_viewer()
+    return viewer, open_dock(viewer)

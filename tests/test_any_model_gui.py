@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from widget_helpers import PLUGIN, idle, keep_last_state, open_dock
+from widget_helpers import PLUGIN, idle, keep_last_state
 
 ZOO = str(Path(__file__).parent / "arch_zoo.py")
-
-
-@pytest.fixture
-def dock(make_napari_viewer):
-    viewer = make_napari_viewer()
-    return viewer, open_dock(viewer)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,8 @@ from widget_helpers import (
     export_stains,
     idle,
     keep_last_state,
-    open_dock,
     tiny_settings,
 )
-
-
-@pytest.fixture
-def dock(make_napari_viewer):
-    viewer = make_napari_viewer()
-    return viewer, open_dock(viewer)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from widget_helpers import open_dock
-
-
-@pytest.fixture
-def dock(make_napari_viewer):
-    viewer = make_napari_viewer()
-    return viewer, open_dock(viewer)
-
 
 @pytest.fixture(scope="module")
 def paired(tmp_path_factory):
