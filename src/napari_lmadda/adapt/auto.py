@@ -203,8 +203,9 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
             passed_over.append(f"{c.name} (not clearly better than the source model)")
             continue
         if c.method == "adabn" and not keep_adabn:
-            c.note = ("not kept: the label-free score favours AdaBN by construction, and where "
-                      "auto kept it in our measurements the stains got worse")
+            c.note = "; ".join(filter(None, (  # its stability reading stays in the report
+                c.note, "not kept: the label-free score favours AdaBN by construction, and "
+                "where auto kept it in our measurements the stains got worse")))
             passed_over.append(f"{c.name} (its score cannot be trusted)")
             continue
         t = (tta or {}).get(c.name)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .unet import LayerInfo
+from .unet import LayerInfo, checked_taps
 
 __all__ = ["TappedModel", "TappedConfig", "TapInfo", "is_tapped", "list_taps"]
 
@@ -509,12 +509,9 @@ class TappedModel(nn.Module):
         dict
             ``{layer: activation}``.
         """
-        wanted = sorted({int(i) for i in layers})
+        wanted = checked_taps(self, x, layers)
         if not wanted:
             return {}
-        for layer in wanted:
-            self._check_layer(layer)
-        self.check_input(x)
         if wanted == [self.num_layers]:
             return {self.num_layers: self.net(x)}
         deepest = wanted[-1]

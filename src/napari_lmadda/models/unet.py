@@ -28,6 +28,7 @@ the skip connections carry ``LeakyReLU(e_k)``, not ``e_k``)::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +159,19 @@ class UpBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.conv(F.relu(x)))
         return torch.tanh(y) if self.outermost else self.dropout(y)
+
+
+def checked_taps(model: Any, x: torch.Tensor, layers: Any) -> list[int]:
+    """The distinct 1-based layers of ``layers``, sorted, each checked against ``model``.
+
+    ``x`` is checked as the model's input when any layer is asked for.
+    """
+    wanted = sorted({int(i) for i in layers})
+    for layer in wanted:
+        model._check_layer(layer)
+    if wanted:
+        model.check_input(x)
+    return wanted
 
 
 class UNetGenerator(nn.Module):
@@ -341,12 +355,9 @@ class UNetGenerator(nn.Module):
         dict
             ``{layer: activation}``.
         """
-        wanted = sorted({int(i) for i in layers})
+        wanted = checked_taps(self, x, layers)
         if not wanted:
             return {}
-        for layer in wanted:
-            self._check_layer(layer)
-        self.check_input(x)
         last, n = wanted[-1], self.num_downs
         taps: dict[int, torch.Tensor] = {}
         skips: list[torch.Tensor] = []  # a_k = leaky_relu(e_k), the skip inputs
