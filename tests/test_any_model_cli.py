@@ -3,12 +3,14 @@
 A user's sequence on tiny folders: ``train-source --arch`` trains a CARE-style UNet from
 ``tests/arch_zoo.py``; ``layers`` lists its taps; ``adapt --arch ... --layer <module>``
 adapts it; ``predict`` with and without ``--arch``; ``recommend-layer`` on it; bad input gives
-one line and exit code 2.
+one line and exit code 2. ``fid``, ``export-bioimageio`` and ``sweep`` take the same
+``--arch file.py:Class --weights w.pt`` as every other command.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,7 +96,8 @@ def test_train_list_adapt_predict_with_architecture_code(ws, capsys):
                "--target", tgt, "--patches", "8", "--patch", "32", "--probe-steps", "0",
                "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
-    assert "layer" in capsys.readouterr().out
+    # the command to run next names the module, as `lmadda layers` lists it
+    assert re.search(r"--layer (enc|bottom|dec|up|output)", capsys.readouterr().out)
 
 
 def test_plain_state_dict_with_options_and_refusals(ws, capsys, tmp_path):
@@ -170,3 +173,77 @@ def test_bioimageio_package_with_architecture_code(ws, capsys, tmp_path):
                "--out", str(tmp_path / "p"), "--device", "cpu", "--tile", "32"])
     assert rc == 0, capsys.readouterr().err
     assert len(list((tmp_path / "p").glob("*.tif"))) == 3
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A plain state dict of a CareUNet (what a lab hands over), seeded."""
+    from arch_zoo import CareUNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("anyw") / "w.pt"
+    torch.save(CareUNet(out_channels=2, depth=2, ngf=8).state_dict(), path)
+    return path
+
+
+def test_fid_with_architecture_code(ws, weights, capsys):
+    """``fid --arch --weights``: the features of that network, at its bottom by default,
+    at a module named by --layer; the numbers are those of the library on the same model."""
+    from napari_lmadda.evaluation.fid import fid_kid
+    from napari_lmadda.models.arch import load_arch
+
+    src, tgt = str(ws / "src/input"), str(ws / "tgt/input")
+    model = ["--arch", ARCH, "--arch-kwargs", KW, "--weights", str(weights)]
+    rc = main(["fid", "--a", src, "--b", tgt, *model, "--tile", "32"])
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    # the bottom block (32 channels at 1/4 resolution) stands for the UNet's bottleneck
+    assert "32 dims at layer 20 (bottom)" in text, text
+    net = load_arch(ARCH, kwargs=json.loads(KW), weights=weights)
+    ref = fid_kid(ws / "src/input", ws / "tgt/input", model=net,
+                  layer=net.layer_index("bottom"), tile=32)
+    fid = float(re.search(r"FID (\S+)", text).group(1))
+    assert fid == pytest.approx(ref.fid, rel=1e-4)
+
+    rc = main(["fid", "--a", src, "--b", tgt, *model, "--tile", "32", "--layer", "enc.1"])
+    assert rc == 0, capsys.readouterr().err
+    assert "16 dims at layer 13 (enc.1)" in capsys.readouterr().out
+
+    for argv, says in ((["--arch", ARCH, "--arch-kwargs", KW], "needs its trained weights"),
+                       ([*model, "--layer", "enc.7"], "no module named 'enc.7'"),
+                       ([*model, "--layer", "6,13"], "one feature layer")):
+        assert main(["fid", "--a", src, "--b", tgt, *argv, "--tile", "32"]) == 2
+        assert says in one_line_error(capsys, "fid")
+
+
+def test_export_bioimageio_with_arch_and_weights(weights, capsys, tmp_path):
+    """``export-bioimageio --arch --weights`` like every command; the package holds them."""
+    from napari_lmadda.models.arch import load_bioimageio_tapped
+
+    pkg = tmp_path / "care.bioimageio.zip"
+    rc = main(["export-bioimageio", "--arch", ARCH, "--arch-kwargs", KW, "--weights",
+               str(weights), "--out", str(pkg)])
+    assert rc == 0, capsys.readouterr().err
+    want = torch.load(weights, weights_only=True)
+    got = load_bioimageio_tapped(pkg, input_size=64).net.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert main(["export-bioimageio", "--out", str(tmp_path / "x.zip")]) == 2
+    assert "give --model" in one_line_error(capsys, "export-bioimageio")
+
+
+def test_sweep_of_an_arch_model_defaults_to_its_levels(ws, weights, capsys, tmp_path):
+    """Without --layers, sweep matches each resolution's last tap of an --arch network (not
+    its first 16 module calls, nearly all at full resolution) and records which model ran."""
+    from napari_lmadda.models.arch import load_arch
+
+    out = tmp_path / "sweep"
+    rc = main(["sweep", "--arch", ARCH, "--arch-kwargs", KW, "--weights", str(weights),
+               "--source", str(ws / "src/input"), "--target", str(ws / "tgt/input"),
+               "--methods", "", "--steps", "1", "--eval-every", "1", "--out", str(out),
+               *TINY])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "sweep.json").read_text())
+    levels = load_arch(ARCH, kwargs=json.loads(KW), input_size=64).level_layers()
+    assert [r["layer"] for r in res["runs"]] == levels
+    assert res["settings"]["model"] == str(weights) and res["settings"]["arch"] == ARCH

@@ -26,8 +26,9 @@ HELP = (
 class ExportBioimageioArgs:
     """The options of ``export-bioimageio``."""
 
-    model: str = option(help="model file (.pt, pix2pix .pth, a bioimage.io zip) or 'demo' for "
-                        "the bundled model", flag="--model")
+    model: str | None = option(None, "model file (.pt, pix2pix .pth, a bioimage.io zip) or "
+                               "'demo' for the bundled model", flag="--model",
+                               default_text="required unless --arch and --weights")
     out: Path = option(help="package to write, e.g. model.bioimageio.zip", flag="--out")
     sample: Path | None = option(None, "an image of the microscope the model is for: its "
                                  "first plane (centre-cropped to at most 512 px) gives the test "
@@ -53,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._arch import add_arch_arguments
 
     add_arguments_of(parser, ExportBioimageioArgs)
-    # a model file made from architecture code is rebuilt by the --arch that made it
-    add_arch_arguments(parser, names=("arch", "arch_kwargs", "input_size", "percentiles",
-                                      "channel_names"))
+    # a model file made from architecture code is rebuilt by the --arch that made it; the
+    # weights of --arch as --weights or --model, as in every command that takes a model
+    add_arch_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

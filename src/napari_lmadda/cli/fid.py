@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..options import add_arguments as add_arguments_of
 from ..options import check_args, option
@@ -24,14 +25,19 @@ class FidArgs:
                      metavar="DIR")
     b: Path = option(help="second image folder (e.g. new-microscope images)", flag="--b",
                      metavar="DIR")
-    model: str = option("demo", "source model: its normalisation, and its bottleneck as the "
-                        "feature layer; an SCGAN model translates --b images first",
-                        flag="--model", metavar="M.pt")
+    model: str | None = option(None, "source model: its normalisation, and its bottleneck as "
+                               "the feature layer; an SCGAN model translates --b images first",
+                               flag="--model", metavar="M.pt",
+                               default_text="the bundled demo model; with --arch, the weights "
+                               "of --arch")
     weights: str | None = option(None, "another feature network: a napari-lmadda or pix2pix "
-                                 "model file (loaded weights-only)", flag="--weights",
+                                 "model file (loaded weights-only); with --arch, the weights "
+                                 "of --arch (as in every command)", flag="--weights",
                                  metavar="W.pt", default_text="the source model")
-    layer: int | None = option(None, "feature layer of the feature network", flag="--layer",
-                               metavar="L", default_text="its bottleneck")
+    layer: str | None = option(None, "feature layer of the feature network: a number or a "
+                               "name (a module name of an --arch network)", flag="--layer",
+                               metavar="L", default_text="its bottleneck (the deepest tap of "
+                               "an --arch network)")
     tile: int = option(128, "tile side; every tile gives one feature vector", flag="--tile",
                        low=1)
     subsets: int = option(100, "KID subsets", flag="--subsets", low=1)
@@ -43,25 +49,64 @@ class FidArgs:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fid`` to its parser."""
+    from ._arch import add_arch_arguments
+
     add_arguments_of(parser, FidArgs)
+    # --weights is fid's own (above): with --arch it holds the weights of --arch
+    add_arch_arguments(parser, names=("arch", "arch_kwargs", "allow_code", "input_size",
+                                      "percentiles"))
+
+
+def _bottleneck(net: Any) -> int:
+    """The default feature layer: a UNet's bottleneck, else the deepest tap.
+
+    For a network given as code: the last tap of the first run of taps at the smallest
+    resolution (a UNet's bottom block; the same role as the project UNet's bottleneck).
+    """
+    if hasattr(net, "num_downs"):
+        return int(net.num_downs)
+    infos = {t.index: t for t in net.describe_layers(net.min_size * 8)}
+    levels = [i for i in net.level_layers() if i != net.num_layers] or [net.num_layers]
+    return min(levels, key=lambda i: (infos[i].height * infos[i].width, i))
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute and print FID and KID."""
+    from ..adapt.engine import layer_resolver, parse_layers
     from ..devices import resolve_device
+    from ..errors import ConfigError
     from ..evaluation.fid import fid_kid
+    from ..models.translated import TranslatedModel
+    from ._arch import load_cli_model
     from ._common import check_folder, load_model_one_line
 
     check_args(args, FidArgs)
     a = check_folder(args.a, "--a")
     b = check_folder(args.b, "--b")
     device = str(resolve_device(args.device))
-    model = load_model_one_line(args.model, device)
-    weights = load_model_one_line(args.weights, device) if args.weights is not None else None
-    res = fid_kid(a, b, model=model, weights=weights, layer=args.layer, tile=args.tile,
+    if args.arch:  # --weights (or --model) are the weights of --arch, as in every command
+        model, weights = load_cli_model(args, device), None
+    else:
+        plain = argparse.Namespace(**{**vars(args), "weights": None,
+                                      "model": args.model or "demo"})
+        model = load_cli_model(plain, device)
+        weights = (load_model_one_line(args.weights, device) if args.weights is not None
+                   else None)
+    net = weights if weights is not None else model
+    net = net.unet if isinstance(net, TranslatedModel) else net
+    if args.layer is None:
+        layer = _bottleneck(net)
+    else:
+        layers = parse_layers(args.layer, net.num_layers, layer_resolver(net))
+        if len(layers) != 1:
+            raise ConfigError(f"--layer {args.layer}: give one feature layer")
+        layer = layers[0]
+    res = fid_kid(a, b, model=model, weights=weights, layer=layer, tile=args.tile,
                   subsets=args.subsets, subset_size=args.subset_size, seed=args.seed,
                   device=device)
     print(f"FID {res.fid:.6g}")
     print(f"KID {res.kid_mean:.6g} +- {res.kid_std:.3g}")
-    print(f"({res.n_a} vs {res.n_b} feature vectors of {res.dims} dims at layer {res.layer})")
+    name = f" ({net.layer_name(res.layer)})" if hasattr(net, "layer_index") else ""
+    print(f"({res.n_a} vs {res.n_b} feature vectors of {res.dims} dims at layer "
+          f"{res.layer}{name})")
     return 0

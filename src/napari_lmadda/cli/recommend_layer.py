@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"reason: {rec.reason}")
     if rec.layer is not None:
         one = [name for name, e in METHODS.items() if e.layers == "one"]
-        print(f"to adapt there: lmadda adapt --method {one[0]} --layer {rec.layer} ... "
+        # the module name, as `lmadda layers` lists it, for a network given as code
+        where = (model.layer_name(rec.layer) if hasattr(model, "layer_index")
+                 else rec.layer)
+        print(f"to adapt there: lmadda adapt --method {one[0]} --layer {where} ... "
               f"(methods that match one layer: {', '.join(one)})")
     if args.out is not None:
         paths = write_recommendation(rec, args.out, overwrite=True,

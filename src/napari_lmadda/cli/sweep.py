@@ -44,7 +44,10 @@ class SweepArgs:
         flag="--truth", repeat=True)
     eval_images: Path | None = option(None, "images to score with --truth",
                                       flag="--eval-images", default_text="the --target images")
-    layers: str = option("1-16", "layers for LM-ADDA", flag="--layers")
+    layers: str | None = option(None, "layers for LM-ADDA: numbers, ranges or module names, "
+                                "e.g. 1-16 or enc.1,bottom", flag="--layers",
+                                default_text="every layer of the project's UNet; the levels "
+                                "(last tap of each resolution) of an --arch network")
     methods: str = option(",".join(baselines()), "baselines to run too, comma-separated "
                           "('' for none)", flag="--methods")
     seeds: list[int] = option([0], "seeds, e.g. 0,1,2", flag="--seeds", cli_type=_ints,
@@ -95,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
     target = open_images(args.target, model, "--target")
     make_output_folder(out, "the --out folder")  # before the runs, not after them
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    layers = args.layers
+    if layers is None:  # a network with a hundred taps: one per resolution, as recommend-layer
+        levels = getattr(model, "level_layers", None)
+        layers = (",".join(map(str, levels())) if levels is not None
+                  else f"1-{model.num_layers}")
     names = list(model.meta.get("channel_names") or
                  [f"channel{i}" for i in range(model.config.out_channels)])
     eval_set = None
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     runs = []
     with cancel_on_sigint("the sweep") as cancel:
-        for r in iter_sweep(model, source, target, layers=args.layers, methods=methods,
+        for r in iter_sweep(model, source, target, layers=layers, methods=methods,
                             seeds=args.seeds, config=cfg, eval_set=eval_set, tile=args.tile,
                             cancel=cancel):
             runs.append(r)
@@ -115,14 +123,17 @@ def run(args: argparse.Namespace) -> int:
                   f"{fmt_float(r.criterion_value)} (step {r.best_step}, {r.stop_reason})"
                   f"{'  Pearson ' + scores if scores else ''}  {fmt_duration(r.seconds)}",
                   flush=True)
+    weights = args.weights if args.weights is not None else args.model
     settings = {
-        "model": str(args.model), "source": str(args.source), "target": str(args.target),
+        "model": str(weights), **({"arch": args.arch, "arch_kwargs": args.arch_kwargs}
+                                  if args.arch else {}),
+        "source": str(args.source), "target": str(args.target),
         "truth": [str(t) for t in args.truth] if args.truth else None,
-        "layers": args.layers, "methods": methods, "seeds": list(args.seeds),
+        "layers": layers, "methods": methods, "seeds": list(args.seeds),
         "config": cfg.to_dict(), "complete": not cancel(),
     }
     paths = write_sweep(runs, out, settings=settings, overwrite=args.overwrite,
-                        title=f"{Path(str(args.model)).name}: {_short(args.source)} -> "
+                        title=f"{Path(str(weights)).name}: {_short(args.source)} -> "
                               f"{_short(args.target)}")
     print()
     print(format_sweep_table(summarize_runs(runs)))
