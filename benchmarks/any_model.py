@@ -51,6 +51,7 @@ import os
 import statistics
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,13 @@ from napari_lmadda.models.arch import load_arch  # noqa: E402
 from napari_lmadda.models.discriminator import LayerDiscriminator  # noqa: E402
 from napari_lmadda.models.tapped import TappedModel  # noqa: E402
 
-#: architecture name -> (class in tests/arch_zoo.py, keyword arguments, taps early/mid/late)
+#: architecture name -> (class in tests/arch_zoo.py, keyword arguments, taps); "early2" is
+#: the first tap below full resolution, where a step costs about half of "early"'s
 ARCHS = {
     "care": ("CareUNet", {"out_channels": 2, "depth": 3, "ngf": 8},
-             {"early": "enc.0", "middle": "bottom", "late": "dec.2"}),
+             {"early": "enc.0", "early2": "enc.1", "middle": "bottom", "late": "dec.2"}),
     "resunet": ("ResUNet", {"out_channels": 2, "depth": 3, "ngf": 8},
-                {"early": "enc.0", "middle": "enc.3", "late": "dec.2"}),
+                {"early": "enc.0", "early2": "enc.1", "middle": "enc.3", "late": "dec.2"}),
 }
 
 
@@ -415,61 +417,82 @@ def _fmt(vals: list[float]) -> str:
     return f"{med:.3f}" if len(vals) == 1 else f"{med:.3f} [{min(vals):.3f}, {max(vals):.3f}]"
 
 
+def _budget(r: dict) -> tuple:
+    return (r.get("steps"), r.get("batch"), r.get("patch"), r.get("eval_every"))
+
+
+def _pixels(b: tuple) -> int:
+    """Patch pixels seen per domain over a run: the budget's size."""
+    return int(b[0] or 0) * int(b[1] or 0) * int(b[2] or 0) ** 2
+
+
+def _table(rows: list[dict], arch: str) -> list[str]:
+    """One network's table (none, AdaBN, LM-ADDA per tap) of the runs ``rows``."""
+    if arch == "demo":
+        model, taps = _source(arch)
+        head = (f"**Control: the project's UNet** (the bundled demo model, "
+                f"{sum(p.numel() for p in model.parameters()):,} parameters, "
+                f"{model.num_layers} layers; same adaptation settings)")
+    else:
+        src = json.loads((OUT / f"{arch}_source.json").read_text())
+        cls, kw, _ = ARCHS[arch]
+        model, taps = _source(arch)
+        head = (f"**{cls}** (`tests/arch_zoo.py`, {json.dumps(kw)}; {src['params']:,} "
+                f"parameters, {model.num_layers} taps; trained {src['steps']} steps, "
+                f"validation Pearson DAPI {src['val_pearson'][0]:.3f}, CD29 "
+                f"{src['val_pearson'][1]:.3f})")
+    lines = [
+        head,
+        "",
+        "| method | tap | layer | trained parameters | seeds | Pearson DAPI | Pearson CD29 "
+        "| kept step | CPU s |",
+        "|---|---|---:|---:|---:|---|---|---|---:|",
+    ]
+    infos = {t.index: t for t in model.describe_layers(128)}
+    where_label = {"early": "early", "early2": "early, 1/2 res.", "middle": "middle",
+                   "late": "late"}
+    order = [("none", None), ("adabn", None),
+             *[("lmadda", taps[w]) for w in ("early", "early2", "middle", "late") if w in taps]]
+    for method, tap in order:
+        sel = [r for r in rows if r["arch"] == arch and r["method"] == method
+               and r["tap"] == tap]
+        if not sel:
+            continue
+        layer = _index(model, tap) if tap else None
+        label = {"none": "no adaptation", "adabn": "AdaBN"}.get(method, "LM-ADDA")
+        where = where_label[next((w for w, t in taps.items() if t == tap), "early")]
+        lines.append(
+            f"| {label} | {f'{where}: `{tap}`' if tap else '-'} | {layer or '-'} | "
+            f"{f'{_upto(infos, layer):,}' if layer else '-'} | {len(sel)} | "
+            f"{_fmt([r['pearson']['DAPI'] for r in sel])} | "
+            f"{_fmt([r['pearson']['CD29'] for r in sel])} | "
+            f"{statistics.median(r['best_step'] for r in sel):.0f} | "
+            f"{statistics.median(r.get('cpu_seconds', math.nan) for r in sel):.0f} |")
+    return [*lines, ""]
+
+
 def cmd_report(args: argparse.Namespace) -> None:
+    """One section per budget in ``runs.jsonl`` (smallest first), then speed tables."""
     rows = [json.loads(line) for line in (OUT / "runs.jsonl").read_text().splitlines()]
+    budgets = sorted({_budget(r) for r in rows}, key=_pixels)
+    full = _pixels((600, 8, 128, None))
     lines = []
-    for arch in (*ARCHS, "demo"):
-        if arch == "demo":
-            if not any(r["arch"] == "demo" for r in rows):
-                continue
-            model, taps = _source(arch)
-            head = (f"**Control: the project's UNet** (the bundled demo model, "
-                    f"{sum(p.numel() for p in model.parameters()):,} parameters, "
-                    f"{model.num_layers} layers; same adaptation settings)")
-        else:
-            info = OUT / f"{arch}_source.json"
-            if not info.exists():
-                continue
-            src = json.loads(info.read_text())
-            cls, kw, _ = ARCHS[arch]
-            model, taps = _source(arch)
-            head = (f"**{cls}** (`tests/arch_zoo.py`, {json.dumps(kw)}; {src['params']:,} "
-                    f"parameters, {model.num_layers} taps; trained {src['steps']} steps, "
-                    f"validation Pearson DAPI {src['val_pearson'][0]:.3f}, CD29 "
-                    f"{src['val_pearson'][1]:.3f})")
-        lines += [
-            head,
-            "",
-            "| method | tap | layer | trained parameters | seeds | Pearson DAPI | Pearson CD29 "
-            "| kept step | CPU s |",
-            "|---|---|---:|---:|---:|---|---|---|---:|",
-        ]
-        infos = {t.index: t for t in model.describe_layers(128)}
-        order = [("none", None), ("adabn", None),
-                 *[("lmadda", taps[w]) for w in ("early", "middle", "late")]]
-        for method, tap in order:
-            sel = [r for r in rows if r["arch"] == arch and r["method"] == method
-                   and r["tap"] == tap]
-            if not sel:
-                continue
-            layer = _index(model, tap) if tap else None
-            label = {"none": "no adaptation", "adabn": "AdaBN"}.get(method, "LM-ADDA")
-            where = next((w for w, t in taps.items() if t == tap), "")
-            lines.append(
-                f"| {label} | {f'{where}: `{tap}`' if tap else '-'} | {layer or '-'} | "
-                f"{f'{_upto(infos, layer):,}' if layer else '-'} | {len(sel)} | "
-                f"{_fmt([r['pearson']['DAPI'] for r in sel])} | "
-                f"{_fmt([r['pearson']['CD29'] for r in sel])} | "
-                f"{statistics.median(r['best_step'] for r in sel):.0f} | "
-                f"{statistics.median(r.get('cpu_seconds', math.nan) for r in sel):.0f} |")
-        lines.append("")
-    if rows:
-        r0 = rows[0]
-        lines += [f"Adaptation: {r0.get('steps')} steps, batch {r0.get('batch')}, "
-                  f"{r0.get('patch')} px patches, label-free criterion every "
-                  f"{r0.get('eval_every')} steps (the kept state); Pearson on the held-out "
-                  "test fields with ground truth; CPU s = CPU time of the run (1 torch "
-                  "thread).", ""]
+    for b in budgets:
+        sel = [r for r in rows if _budget(r) == b]
+        share = Fraction(_pixels(b), full)
+        per_step = Fraction(int(b[1]) * int(b[2]) ** 2, 8 * 128**2)
+        what = ("the Quality protocol's budget" if share == 1 else
+                f"{share} of the Quality protocol's patch pixels: {per_step} per step, "
+                f"{Fraction(int(b[0]), 600)} of its steps")
+        lines += [f"#### {b[0]} steps, batch {b[1]} of {b[2]} px ({what})", ""]
+        for arch in (*ARCHS, "demo"):
+            if any(r["arch"] == arch for r in sel) and (
+                    arch == "demo" or (OUT / f"{arch}_source.json").exists()):
+                lines += _table(sel, arch)
+        lines += [f"Adaptation: {b[0]} steps, batch {b[1]}, {b[2]} px patches, label-free "
+                  f"criterion every {b[3]} steps (the kept state); Pearson on the held-out "
+                  "test fields with ground truth; median [min, max] over seeds; CPU s = CPU "
+                  "time of the run (1 torch thread).", ""]
     text = "\n".join(lines)
     for extra in ("forward.md", "speed.md"):
         if (OUT / extra).exists():
