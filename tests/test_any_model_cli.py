@@ -247,3 +247,19 @@ def test_sweep_of_an_arch_model_defaults_to_its_levels(ws, weights, capsys, tmp_
     levels = load_arch(ARCH, kwargs=json.loads(KW), input_size=64).level_layers()
     assert [r["layer"] for r in res["runs"]] == levels
     assert res["settings"]["model"] == str(weights) and res["settings"]["arch"] == ARCH
+
+
+def test_trust_maps_of_an_arch_model(ws, weights, capsys, tmp_path):
+    """``predict --uncertainty`` with --arch: a trust map per image (flips/rotations, as the
+    network has no dropout), one plane per channel, finite and not all zero."""
+    import numpy as np
+
+    out = tmp_path / "p"
+    rc = main(["predict", "--arch", ARCH, "--arch-kwargs", KW, "--weights", str(weights),
+               "--images", str(ws / "tgt/input"), "--out", str(out), "--device", "cpu",
+               "--uncertainty", "--uncertainty-samples", "4"])
+    assert rc == 0, capsys.readouterr().err
+    trust = sorted(out.glob("*_trust.tif"))
+    assert len(trust) == 3
+    t = tifffile.imread(trust[0])
+    assert t.shape == (2, 64, 64) and np.isfinite(t).all() and (t >= 0).all() and t.max() > 0
