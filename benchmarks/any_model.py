@@ -38,6 +38,16 @@ oversubscription (one torch thread). 64 px patches and batch 4 make a step ~8x c
     OMP_NUM_THREADS=1 python benchmarks/any_model.py train --arch care
     OMP_NUM_THREADS=1 python benchmarks/any_model.py run --arch care --seeds 0,1
     python benchmarks/any_model.py report
+
+The Quality protocol's budget (600 steps, batch 8 of 128 px, criterion every 100 steps),
+run when the machine was quieter (one job of this benchmark, one thread)::
+
+    OMP_NUM_THREADS=1 python benchmarks/any_model.py run --arch care --seeds 0 \
+        --taps middle,early2 --steps 600 --batch 8 --patch 128 --eval-every 100
+
+Measured CPU per run at that budget: CareUNet ``enc.1`` 353 s, ``bottom`` 156 s;
+AdaBN 7-13 s. A late tap (``dec.2``, about 3.5 s of CPU per step at batch 8 of 128 px)
+would take about 35 min of CPU per run: not run.
 """
 
 from __future__ import annotations
