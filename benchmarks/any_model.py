@@ -45,9 +45,10 @@ run when the machine was quieter (one job of this benchmark, one thread)::
     OMP_NUM_THREADS=1 python benchmarks/any_model.py run --arch care --seeds 0 \
         --taps middle,early2 --steps 600 --batch 8 --patch 128 --eval-every 100
 
-Measured CPU per run at that budget: CareUNet ``enc.1`` 353 s, ``bottom`` 156 s;
-AdaBN 7-13 s. A late tap (``dec.2``, about 3.5 s of CPU per step at batch 8 of 128 px)
-would take about 35 min of CPU per run: not run.
+Measured CPU per run at that budget (runs.jsonl, ``cpu_seconds``): ``enc.1`` 329-353 s
+(CareUNet), 466 s (ResUNet); the middle taps 142-156 s (CareUNet ``bottom``), 340 s
+(ResUNet ``enc.3``); AdaBN 7-13 s. A late tap (``dec.2``, about 3.7 s of CPU per step at
+batch 8 of 128 px) would take about 37 min of CPU per run: not run.
 """
 
 from __future__ import annotations
