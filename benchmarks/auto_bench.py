@@ -64,6 +64,9 @@ def main() -> None:
             steps, total = e.step, e.total_steps
         if isinstance(e, Evaluated):  # progress, for a long run watched through its log
             truth = evaluated[-1].get("pearson", float("nan")) if evaluated else float("nan")
+            if evaluated:  # which candidate and step this truth belongs to (best by labels)
+                evaluated[-1].update(layer=e.metrics.get("layer"), score=e.criterion,
+                                     candidate_step=e.metrics.get("candidate_step"))
             print(f"step {e.step}/{total} layer "
                   f"{e.metrics.get('layer', 0):.0f}: score {e.criterion:.4f} truth {truth:.3f}"
                   f" ({time.perf_counter() - t0:.0f} s)", flush=True)
