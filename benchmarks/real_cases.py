@@ -336,6 +336,7 @@ def report(out: Path = OUT) -> str:
     LM-ADDA checkpoint auto evaluated (step > 0) with the best test score, median over seeds;
     oracle: ``out/oracle_<case>.json``.
     """
+    import math
     import statistics
 
     res = ROOT / "benchmarks" / "results"
@@ -375,8 +376,11 @@ def report(out: Path = OUT) -> str:
         truths = [_first(runs[s]["truth"]) for s in sorted(runs)]
         best = []
         for s in sorted(runs):
-            ck = [(m["pearson"], m.get("layer")) for m in runs[s]["monitor"]
-                  if m.get("layer") is not None and (m.get("candidate_step") or 0) > 0]
+            mon = runs[s]["monitor"]
+            tagged = any("layer" in m for m in mon)  # older lines: layer only in the log
+            ck = [(m["pearson"], m.get("layer", math.nan)) for m in mon
+                  if (not tagged or m.get("layer") is not None)
+                  and m.get("candidate_step", m["step"]) > 0]
             if ck:
                 best.append(max(ck))
         med = statistics.median(truths) if truths else None
@@ -387,7 +391,7 @@ def report(out: Path = OUT) -> str:
             closed = f"{100 * (med - n0) / gap:.0f} %"
         best_cell = "-" if not best else (
             rng([b[0] for b in best]) + " (layers " + ", ".join(
-                f"{b[1]:.0f}" for b in best) + ")")
+                "?" if math.isnan(b[1]) else f"{b[1]:.0f}" for b in best) + ")")
         md.append(
             f"| {case} | {'-' if gap is None else f'{gap:.3f}'} | "
             f"{'-' if n0 is None else f'{n0:.3f}'} | {rng(vals('plain', 'adabn'))} | "
