@@ -327,7 +327,7 @@ def _first(scores: dict) -> float:
     return float(scores.get("pearson", next(iter(scores.values()))))
 
 
-def report(out: Path = OUT) -> str:
+def report(out: Path = OUT, results: Path = ROOT / "benchmarks" / "results") -> str:
     """Table (c) of ``docs/benchmarks.md`` for the real cases, from the logged runs.
 
     none / AdaBN / augmented source: ``benchmarks/augment.py``'s runs (its ``runs.jsonl``,
@@ -339,7 +339,7 @@ def report(out: Path = OUT) -> str:
     import math
     import statistics
 
-    res = ROOT / "benchmarks" / "results"
+    res = results
     base = [r for r in _jsonl(res / "augment" / "runs.jsonl") + _jsonl(out / "baselines"
             / "runs.jsonl") if r["case"].startswith("real:") and not r.get("tag")]
     auto = [r for r in _jsonl(res / "auto" / "auto_runs.jsonl")
