@@ -9,6 +9,8 @@ choices from the full candidate grids; this checks the prediction and measures t
 
     python benchmarks/auto_bench.py --case brightfield --seed 0
     python benchmarks/auto_bench.py --case real:bpae_defocus --steps 400   # real_cases.py
+    python benchmarks/auto_bench.py --case real:allen_exposure --steps 400 --keep-adabn \
+        --out benchmarks/results/auto/auto_runs_real_keep_adabn.jsonl   # the rule before 2 Dec
 """
 
 from __future__ import annotations
@@ -36,8 +38,16 @@ def main() -> None:
     p.add_argument("--layers", default="", help="candidate layers (default: recommended)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT / "auto_runs.jsonl")
+    p.add_argument("--keep-adabn", action="store_true",
+                   help="measure the rule before 2 Dec (AdaBN may be kept if stable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.keep_adabn:  # a measurement of the older rule, not a product setting
+        import functools  # noqa: PLC0415
+
+        from napari_lmadda.adapt import auto  # noqa: PLC0415
+
+        auto.decide = functools.partial(auto.decide, keep_adabn=True)
     patch = 128
     if args.case.startswith("real:"):  # a real case, with the plain source model of augment.py
         import augment  # noqa: PLC0415 - benchmarks/ is on sys.path when run as a script
@@ -64,6 +74,9 @@ def main() -> None:
             steps, total = e.step, e.total_steps
         if isinstance(e, Evaluated):  # progress, for a long run watched through its log
             truth = evaluated[-1].get("pearson", float("nan")) if evaluated else float("nan")
+            if evaluated:  # which candidate and step this truth belongs to (best by labels)
+                evaluated[-1].update(layer=e.metrics.get("layer"), score=e.criterion,
+                                     candidate_step=e.metrics.get("candidate_step"))
             print(f"step {e.step}/{total} layer "
                   f"{e.metrics.get('layer', 0):.0f}: score {e.criterion:.4f} truth {truth:.3f}"
                   f" ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -72,6 +85,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     rep = res.report
     row = {"case": args.case, "seed": args.seed, "steps": args.steps, "winner": rep.winner,
+           "keep_adabn": args.keep_adabn,
            "best_step": res.best_step, "adapted": rep.adapted, "truth": _pearson(res.model, ev),
            "none": _pearson(model, ev), "steps_used": rep.steps_used, "step_events": steps,
            "budget": rep.steps_budget, "seconds": seconds, "message": res.message,

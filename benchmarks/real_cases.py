@@ -32,6 +32,8 @@ the shift.
     from real_cases import write_case
     paths = write_case("bpae_defocus", "/tmp/cases")   # -> CasePaths (folders, case.json)
     python benchmarks/real_cases.py --out /tmp/cases   # every case whose data is present
+    python benchmarks/real_cases.py --baselines --cases allen_exposure   # none, AdaBN
+    python benchmarks/real_cases.py --report   # the auto table (docs/benchmarks.md, (c))
 """
 
 from __future__ import annotations
@@ -297,13 +299,131 @@ def benchmark_case(case: str, out: Path = OUT) -> dict:
             "steps": 400, "key_channel": name}
 
 
+def run_baselines(case: str, seeds: tuple[int, ...] = (0, 1, 2), out: Path = OUT) -> None:
+    """No adaptation (plain and augmented source) and AdaBN (plain, per seed) on a case.
+
+    ``benchmarks/augment.py``'s own runs (same code, 400 steps, same patches), appended to
+    ``out/baselines/runs.jsonl`` for the cases that benchmark did not run; runs already
+    there are skipped.
+    """
+    import augment  # noqa: PLC0415 - benchmarks/ is on sys.path when run as a script
+
+    d = benchmark_case(case, out)
+    dest = out / "baselines"
+    dest.mkdir(parents=True, exist_ok=True)
+    runs = [("plain", "none", 0), ("robust", "none", 0),
+            *(("plain", "adabn", s) for s in seeds)]
+    for source, method, seed in runs:
+        augment.run_one(dest, f"real:{case}", source, method, None, seed, d)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _first(scores: dict) -> float:
+    return float(scores.get("pearson", next(iter(scores.values()))))
+
+
+def report(out: Path = OUT, results: Path = ROOT / "benchmarks" / "results") -> str:
+    """Table (c) of ``docs/benchmarks.md`` for the real cases, from the logged runs.
+
+    none / AdaBN / augmented source: ``benchmarks/augment.py``'s runs (its ``runs.jsonl``,
+    then ``out/baselines``); auto: ``benchmarks/auto_bench.py``'s lines for ``real:`` cases
+    (``auto_runs.jsonl`` and ``auto_runs_real.jsonl``); best LM-ADDA by labels: per seed, the
+    LM-ADDA checkpoint auto evaluated (step > 0) with the best test score, median over seeds;
+    oracle: ``out/oracle_<case>.json``.
+    """
+    import math
+    import statistics
+
+    res = results
+    base = [r for r in _jsonl(res / "augment" / "runs.jsonl") + _jsonl(out / "baselines"
+            / "runs.jsonl") if r["case"].startswith("real:") and not r.get("tag")]
+    auto = [r for r in _jsonl(res / "auto" / "auto_runs.jsonl")
+            + _jsonl(res / "auto" / "auto_runs_real.jsonl") if r["case"].startswith("real:")]
+
+    def rng(v: list[float]) -> str:
+        if not v:
+            return "-"
+        if len(v) == 1:
+            return f"{v[0]:.3f} (1 seed)"
+        return f"{statistics.median(v):.3f} [{min(v):.3f}, {max(v):.3f}] ({len(v)} seeds)"
+
+    md = ["| case | oracle - none | none | AdaBN | augmented source | best LM-ADDA checkpoint "
+          "by labels, of auto's candidates *(reference)* | auto: median [min, max] | kept "
+          "(seeds 0, 1, 2) | auto - none | gap closed | oracle | auto s/run |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for case in CASES:
+        key = f"real:{case}"
+
+        def vals(source: str, method: str, key: str = key) -> list[float]:
+            seen: dict[int, float] = {}
+            for r in base:
+                if r["case"] == key and r["source"] == source and r["method"] == method:
+                    seen.setdefault(int(r["seed"]), _first(r["pearson"]))
+            return [seen[k] for k in sorted(seen)]
+
+        runs: dict[int, dict] = {}
+        for r in auto:
+            if r["case"] == key:
+                runs.setdefault(int(r["seed"]), r)
+        none = vals("plain", "none") or [_first(r["none"]) for r in runs.values()][:1]
+        opath = out / f"oracle_{case}.json"
+        oracle = _first(json.loads(opath.read_text())["pearson"]) if opath.exists() else None
+        truths = [_first(runs[s]["truth"]) for s in sorted(runs)]
+        best = []
+        for s in sorted(runs):
+            mon = runs[s]["monitor"]
+            tagged = any("layer" in m for m in mon)  # older lines: layer only in the log
+            ck = [(m["pearson"], m.get("layer", math.nan)) for m in mon
+                  if (not tagged or m.get("layer") is not None)
+                  and m.get("candidate_step", m["step"]) > 0]
+            if ck:
+                best.append(max(ck))
+        med = statistics.median(truths) if truths else None
+        n0 = none[0] if none else None
+        gap = None if oracle is None or n0 is None else oracle - n0
+        closed = "-"
+        if gap is not None and med is not None and gap >= 0.05:
+            closed = f"{100 * (med - n0) / gap:.0f} %"
+        best_cell = "-" if not best else (
+            rng([b[0] for b in best]) + " (layers " + ", ".join(
+                "?" if math.isnan(b[1]) else f"{b[1]:.0f}" for b in best) + ")")
+        md.append(
+            f"| {case} | {'-' if gap is None else f'{gap:.3f}'} | "
+            f"{'-' if n0 is None else f'{n0:.3f}'} | {rng(vals('plain', 'adabn'))} | "
+            f"{rng(vals('robust', 'none'))} | {best_cell} | {rng(truths)} | "
+            + ", ".join(runs[s]["winner"] for s in sorted(runs)) + " | "
+            + ("-" if med is None or n0 is None else f"{med - n0:+.3f}") + f" | {closed} | "
+            + ("-" if oracle is None else f"{oracle:.3f}") + " | "
+            + ", ".join(f"{runs[s]['seconds']:.0f}" for s in sorted(runs)) + " |")
+    return "\n".join(md) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(OUT / "cases"))
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--baselines", action="store_true",
+                   help="also run no adaptation and AdaBN on each case (run_baselines)")
+    p.add_argument("--report", action="store_true",
+                   help="print the real cases' auto table from the logged runs")
     args = p.parse_args(argv)
+    if args.report:
+        print(report())
+        return 0
+    if args.baselines:
+        import torch
+
+        torch.set_num_threads(1)
+        for case in args.cases.split(","):
+            run_baselines(case)
+        return 0
     for case in args.cases.split(","):
         why = missing(case, Path(args.data))
         if why is not None:
