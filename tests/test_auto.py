@@ -96,15 +96,42 @@ def test_decide_refuses_an_adabn_that_is_unstable_under_flips():
     assert winner is adabn
 
 
-def test_decide_does_not_keep_adabn_by_default():
+def test_decide_never_keeps_adabn_under_the_never_rule():
     # the best score and stable, yet not kept: the score favours AdaBN by construction
     adabn = _cand("AdaBN", 0.05, 0.20, 0.15, method="adabn")
     lm = _cand("LM-ADDA layer 3", 0.08, 0.17, 0.12)
-    winner, why = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.04})
+    winner, why = decide([adabn, lm], source_tta=0.04, tta={"AdaBN": 0.04}, keep_adabn="never")
     assert winner is lm and "AdaBN (its score cannot be trusted)" in why
     assert "not kept" in adabn.note
-    winner, _ = decide([adabn], source_tta=0.04, tta={"AdaBN": 0.04})
+    winner, _ = decide([adabn], source_tta=0.04, tta={"AdaBN": 0.04}, keep_adabn=False)
     assert winner is None  # the source model, never AdaBN
+
+
+def test_decide_keeps_adabn_by_default_only_when_clearly_ahead_of_lmadda():
+    lm = _cand("LM-ADDA layer 3", 0.08, 0.17, 0.12)
+    # ahead of the source model, stable, but its lead over LM-ADDA is within the noise
+    close = _cand("AdaBN", 0.075, 0.175, 0.13, method="adabn")
+    close.lead, close.lead_lower = 0.005, -0.01
+    winner, why = decide([close, lm], source_tta=0.04, tta={"AdaBN": 0.04})
+    assert auto.KEEP_ADABN == "if-ahead"
+    assert winner is lm and "AdaBN (not clearly ahead of LM-ADDA" in why
+    assert "within the variation between images" in close.note
+    # clearly ahead of the best LM-ADDA candidate: kept
+    ahead = _cand("AdaBN", 0.02, 0.23, 0.2, method="adabn")
+    ahead.lead, ahead.lead_lower = 0.06, 0.03
+    winner, _ = decide([ahead, lm], source_tta=0.04, tta={"AdaBN": 0.04})
+    assert winner is ahead
+    # ... unless unstable under flips and rotations
+    winner, why = decide([ahead, lm], source_tta=0.04, tta={"AdaBN": 0.08})
+    assert winner is lm and "AdaBN (unstable" in why
+    # no LM-ADDA candidate trained (no rival: lead nan): judged against the source model
+    alone = _cand("AdaBN", 0.05, 0.20, 0.15, method="adabn")
+    assert decide([alone], source_tta=0.04, tta={"AdaBN": 0.04})[0] is alone
+
+
+def test_decide_refuses_an_unknown_adabn_rule():
+    with pytest.raises(ValueError, match="if-ahead"):
+        decide([], keep_adabn="sometimes")
 
 
 def test_paired_gain_resamples_images_not_patches():

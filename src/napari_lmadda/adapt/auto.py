@@ -24,11 +24,11 @@ with measurements on the unlabeled images alone:
 5. **Do no harm.** Candidates are taken in the order of their score; the first whose
    improvement over the source model survives a paired bootstrap over the patches
    (:func:`~napari_lmadda.adapt.scoring.paired_gain`: its lower 5 % bound is above 0) and
-   is at least :data:`MIN_GAIN` of the source model's score is kept. AdaBN is scored and
-   shown but not kept (:data:`KEEP_ADABN`): the score favours it by construction, and each
-   time auto kept it in our measurements it predicted worse stains (with ``keep_adabn`` it
-   must also keep its predictions as stable under flips and rotations as the source
-   model's, :data:`ADABN_TTA_MAX`). When no candidate passes, the source model is kept.
+   is at least :data:`MIN_GAIN` of the source model's score is kept. The score favours
+   AdaBN by construction, so AdaBN must also keep its predictions as stable under flips
+   and rotations as the source model's (:data:`ADABN_TTA_MAX`) and beat the best LM-ADDA
+   candidate by the same paired bootstrap (:data:`KEEP_ADABN`). When no candidate passes,
+   the source model is kept.
 
 The result is an :class:`AutoResult`: an :class:`~napari_lmadda.adapt.events.AdaptResult`
 with a typed :class:`AutoReport`, whose ``message`` says in plain words what was kept and why.
@@ -65,12 +65,15 @@ SCORE = "out_q"
 #: factor (bright field 1.66, where AdaBN hurt; 0.82-1.48 on 12 synthetic shifts where it
 #: helped or did nothing; docs/benchmarks.md)
 ADABN_TTA_MAX = 1.5
-#: whether auto may keep AdaBN. No: ``out_q`` favours AdaBN by construction (AdaBN matches the
-#: statistics that shape the predicted stains' distribution, which the score reads), and in
-#: every measured run where auto kept it the stains got worse (bright field before the flip
-#: check; ``lmadda demo`` 0.692 -> 0.656; 20 uint16 fields 0.752 -> 0.694). It is still scored
-#: and shown, so a user sees what it would do.
-KEEP_ADABN = False
+#: when auto may keep AdaBN. ``out_q`` favours AdaBN by construction (AdaBN matches the
+#: statistics that shape the predicted stains' distribution, which the score reads):
+#: ``"never"`` (1-2 Dec; the demo 0.692 -> 0.656 and 20 uint16 fields 0.752 -> 0.694 when
+#: it was kept), ``"if-stable"`` (before 2 Dec: stable under flips and rotations,
+#: :data:`ADABN_TTA_MAX`), ``"if-ahead"``: stable, *and* ahead of the best LM-ADDA
+#: candidate by the paired bootstrap, not only of the source model (real Allen cases, where
+#: "never" harmed: docs/benchmarks.md, "Auto"). It is always scored and shown.
+KEEP_ADABN = "if-ahead"
+_ADABN_RULES = ("never", "if-stable", "if-ahead")
 #: a candidate must bring the score down by at least this fraction of the source model's
 MIN_GAIN = 0.1
 #: fixed patches per domain for the score
@@ -94,6 +97,9 @@ class CandidateReport:
     gain: float = math.nan
     gain_lower: float = math.nan
     note: str = ""
+    #: AdaBN only: its score's lead over the best LM-ADDA candidate, and the lower bound
+    lead: float = math.nan
+    lead_lower: float = math.nan
 
 
 @dataclass
@@ -177,18 +183,20 @@ def plan_steps(n: int, steps: int, eval_every: int) -> int:
 
 def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.nan,
            tta: dict[str, float] | None = None,
-           keep_adabn: bool = KEEP_ADABN) -> tuple[CandidateReport | None, str]:
+           keep_adabn: str | bool = KEEP_ADABN) -> tuple[CandidateReport | None, str]:
     """The do-no-harm rule: the best-scoring candidate that clearly beats the source model.
 
     Parameters
     ----------
     candidates : sequence of CandidateReport
-        Adapted candidates (not ``none``) with ``score``, ``gain`` and ``gain_lower`` set.
+        Adapted candidates (not ``none``) with ``score``, ``gain`` and ``gain_lower`` set
+        (and AdaBN's ``lead_lower`` for ``"if-ahead"``).
     source_tta, tta :
         Flip/rotation inconsistency of the source model and of the candidates by name
         (AdaBN's check, :data:`ADABN_TTA_MAX`).
-    keep_adabn : bool
-        Whether AdaBN may be kept at all (:data:`KEEP_ADABN`).
+    keep_adabn : {"never", "if-stable", "if-ahead"} or bool
+        When AdaBN may be kept (:data:`KEEP_ADABN`); True = ``"if-stable"``, False =
+        ``"never"``.
 
     Returns
     -------
@@ -197,12 +205,16 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
     why : str
         Why the better-scoring candidates before the winner were passed over.
     """
+    rule = {True: "if-stable", False: "never"}.get(keep_adabn, keep_adabn)  # type: ignore
+    if rule not in _ADABN_RULES:
+        raise ValueError(f"keep_adabn must be one of {', '.join(_ADABN_RULES)}, "
+                         f"not {keep_adabn!r}")
     passed_over = []
     for c in sorted(candidates, key=lambda c: c.score):
         if not (c.gain_lower > 0 and c.gain >= MIN_GAIN * (c.score + c.gain)):
             passed_over.append(f"{c.name} (not clearly better than the source model)")
             continue
-        if c.method == "adabn" and not keep_adabn:
+        if c.method == "adabn" and rule == "never":
             c.note = "; ".join(filter(None, (  # its stability reading stays in the report
                 c.note, "not kept: the label-free score favours AdaBN by construction, and "
                 "where auto kept it in our measurements the stains got worse")))
@@ -214,6 +226,16 @@ def decide(candidates: Sequence[CandidateReport], *, source_tta: float = math.na
                       "source model's under flips and rotations")
             passed_over.append(f"{c.name} (unstable under flips and rotations)")
             continue
+        if c.method == "adabn" and rule == "if-ahead" and not c.lead_lower > 0:
+            # nan (no LM-ADDA rival was trained) passes: then AdaBN's rival is the source
+            if not math.isnan(c.lead_lower):
+                c.note = "; ".join(filter(None, (c.note, (
+                    "not kept: its score favours it by construction, so it must beat the best "
+                    f"LM-ADDA candidate clearly, and its lead ({c.lead:.3g}) is within the "
+                    "variation between images"))))
+                passed_over.append(f"{c.name} (not clearly ahead of LM-ADDA; its score "
+                                   "favours it by construction)")
+                continue
         return c, "; ".join(passed_over)
     return None, "; ".join(passed_over)
 
@@ -429,6 +451,13 @@ def iter_auto(
         r.gain, r.gain_lower = paired_gain(probe.ref_sketch, none_sk, sketches[r.name],
                                            probe.out_var, ref_ids=ps_ids, ids=pt_ids,
                                            seed=cfg.seed)
+    rivals = [r for r in adapted if r.method == "lmadda"]
+    for r in adapted:  # AdaBN against the best LM-ADDA candidate, on the same images
+        if r.method == "adabn" and rivals:
+            best = min(rivals, key=lambda c: c.score)
+            r.lead, r.lead_lower = paired_gain(probe.ref_sketch, sketches[best.name],
+                                               sketches[r.name], probe.out_var,
+                                               ref_ids=ps_ids, ids=pt_ids, seed=cfg.seed)
     winner, why = decide(adapted, source_tta=source_tta, tta=tta)
     yield finished(reports, winner, models[winner.name]() if winner else None, why,
                    StopReason.CANCELLED if cancelled else StopReason.COMPLETED)
