@@ -106,8 +106,9 @@ METHODS: dict[str, MethodEntry] = {e.name: e for e in (
                 unet_only=True),
     MethodEntry("auto", "Auto (choose without labels)", "candidates", auto.run,
                 adversarial=False, unet_only=True,
-                summary="tries LM-ADDA at the recommended layers within 3 runs' budget (AdaBN "
-                        "scored, not kept); keeps one only if it clearly helps"),
+                summary="tries AdaBN and LM-ADDA at the recommended layers within 3 runs' budget; "
+                        "keeps one only if it clearly helps (AdaBN only if clearly ahead of "
+                        "LM-ADDA)"),
 )}
 
 
