@@ -204,6 +204,9 @@ def test_fid_with_architecture_code(ws, weights, capsys):
                   layer=net.layer_index("bottom"), tile=32)
     fid = float(re.search(r"FID (\S+)", text).group(1))
     assert fid == pytest.approx(ref.fid, rel=1e-4)
+    # the library's default layer for such a network is the same bottom block
+    assert fid_kid(ws / "src/input", ws / "tgt/input", model=net, tile=32).fid == \
+        pytest.approx(ref.fid, rel=1e-6)
 
     rc = main(["fid", "--a", src, "--b", tgt, *model, "--tile", "32", "--layer", "enc.1"])
     assert rc == 0, capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..options import add_arguments as add_arguments_of
 from ..options import check_args, option
@@ -57,25 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "percentiles"))
 
 
-def _bottleneck(net: Any) -> int:
-    """The default feature layer: a UNet's bottleneck, else the deepest tap.
-
-    For a network given as code: the last tap of the first run of taps at the smallest
-    resolution (a UNet's bottom block; the same role as the project UNet's bottleneck).
-    """
-    if hasattr(net, "num_downs"):
-        return int(net.num_downs)
-    infos = {t.index: t for t in net.describe_layers(net.min_size * 8)}
-    levels = [i for i in net.level_layers() if i != net.num_layers] or [net.num_layers]
-    return min(levels, key=lambda i: (infos[i].height * infos[i].width, i))
-
-
 def run(args: argparse.Namespace) -> int:
     """Compute and print FID and KID."""
     from ..adapt.engine import layer_resolver, parse_layers
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..evaluation.fid import fid_kid
+    from ..evaluation.fid import default_feature_layer, fid_kid
     from ..models.translated import TranslatedModel
     from ._arch import load_cli_model
     from ._common import check_folder, load_model_one_line
@@ -95,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     net = weights if weights is not None else model
     net = net.unet if isinstance(net, TranslatedModel) else net
     if args.layer is None:
-        layer = _bottleneck(net)
+        layer = default_feature_layer(net)
     else:
         layers = parse_layers(args.layer, net.num_layers, layer_resolver(net))
         if len(layers) != 1:

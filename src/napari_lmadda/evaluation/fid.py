@@ -122,6 +122,20 @@ def _tiles(plane: np.ndarray, tile: int | None, multiple: int) -> list[np.ndarra
     return [plane[r : r + th, c : c + tw] for r in range(0, ph, th) for c in range(0, pw, tw)]
 
 
+def default_feature_layer(net: Any) -> int:
+    """The default feature layer: a UNet's bottleneck, else the deepest level of the network.
+
+    For a network given as code (a :class:`~napari_lmadda.models.tapped.TappedModel`): the
+    last tap of the first run of taps at the smallest resolution (a UNet's bottom block; the
+    same role as the project UNet's bottleneck).
+    """
+    if hasattr(net, "num_downs"):
+        return int(net.num_downs)
+    infos = {t.index: t for t in net.describe_layers(net.min_size * 8)}
+    levels = [i for i in net.level_layers() if i != net.num_layers] or [net.num_layers]
+    return min(levels, key=lambda i: (infos[i].height * infos[i].width, i))
+
+
 def image_features(
     model: Any,
     images: Any,
@@ -142,7 +156,7 @@ def image_features(
     images : folder, ndarray, list of ndarray or PlaneDataset
         Raw images (normalised here with the model's percentiles) or a dataset.
     layer : int, optional
-        Layer ``1 .. num_layers``; default the bottleneck (``num_downs``).
+        Layer ``1 .. num_layers``; default :func:`default_feature_layer`.
     tile : int or None
         Tile side (a multiple of the model's ``min_size``); each tile is one sample. None:
         one sample per whole image (padded to a multiple of ``min_size``).
@@ -161,7 +175,7 @@ def image_features(
     import torch
 
     n_layers = model.num_layers
-    layer = model.num_downs if layer is None else int(layer)
+    layer = default_feature_layer(model) if layer is None else int(layer)
     if not 1 <= layer <= n_layers:
         raise ConfigError(f"layer {layer} is out of range: this model has layers 1..{n_layers}")
     m = model.min_size
@@ -353,7 +367,7 @@ def fid_kid(
         translator.eval()
     # both sets normalised like the source model's inputs (what the translator expects)
     pct = (getattr(model, "meta", {}) or {}).get("input_percentiles")
-    lay = net.num_downs if layer is None else int(layer)
+    lay = default_feature_layer(net) if layer is None else int(layer)
     fa = image_features(net, a, layer=lay, tile=tile, percentiles=pct)
     fb = image_features(net, b, layer=lay, tile=tile, translator=translator, percentiles=pct)
     fid = frechet_distance(fa, fb)
