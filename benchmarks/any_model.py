@@ -65,7 +65,6 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -316,8 +315,7 @@ def _index(model, name: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from napari_lmadda.data.datasets import PairedArrays
-    from napari_lmadda.data.normalize import percentile_normalize
+    from demo_recipe import demo_recipe_data  # noqa: PLC0415 - benchmarks/ is on sys.path
     from napari_lmadda.models import save_model
     from napari_lmadda.training import SourceTrainConfig, train_source
     from napari_lmadda.training.source import TARGET_RANGE
@@ -327,14 +325,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cls, kw, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     model = load_arch(f"{ZOO}:{cls}", kwargs=kw, input_size=128)
-    train = make_domain(96, modality="phase", size=256, seed=1)
-    val = make_domain(8, modality="phase", size=256, seed=2)
-    pairs = PairedArrays(train["input"], np.stack([train["dapi"], train["cd29"]], 1),
-                         target_range=TARGET_RANGE)
+    pairs, (vx, vy) = demo_recipe_data()
     sampler = PatchSampler(pairs, 128, 8, seed=0, augment=True)
-    lo, hi = TARGET_RANGE
-    vx = np.stack([percentile_normalize(im)[0] for im in val["input"]])[:, None]
-    vy = (np.stack([val["dapi"], val["cd29"]], 1) - lo) / (hi - lo) * 2 - 1
     meta = {"channel_names": ["DAPI", "CD29"], "input_percentiles": [1.0, 99.8],
             "target_range": list(TARGET_RANGE),
             "provenance": {"script": "benchmarks/any_model.py train", "arch": args.arch}}

@@ -50,23 +50,15 @@ def synthetic_model_path(out: Path, source: str, seed: int = 0) -> Path:
 # ------------------------------------------------------------------ training
 def cmd_train_synthetic(args: argparse.Namespace) -> None:
     """The demo model's recipe (scripts/train_demo_model.py) with an augmentation preset."""
+    from demo_recipe import demo_recipe_data  # noqa: PLC0415 - benchmarks/ is on sys.path
     from napari_lmadda.data.augment import AugmentedSampler
-    from napari_lmadda.data.datasets import PairedArrays
-    from napari_lmadda.data.normalize import percentile_normalize
-    from napari_lmadda.data.synthetic import make_domain
     from napari_lmadda.models import UNetConfig, save_model
     from napari_lmadda.training import SourceTrainConfig, train_source
     from napari_lmadda.training.source import TARGET_RANGE
 
     t0 = time.time()
-    train = make_domain(96, modality="phase", size=256, seed=1)
-    val = make_domain(8, modality="phase", size=256, seed=2)
-    pairs = PairedArrays(train["input"], np.stack([train["dapi"], train["cd29"]], 1),
-                         target_range=TARGET_RANGE)
+    pairs, (vx, vy) = demo_recipe_data()
     sampler = AugmentedSampler(pairs, 128, 8, augment=args.augment, seed=args.seed)
-    lo, hi = TARGET_RANGE
-    vx = np.stack([percentile_normalize(im)[0] for im in val["input"]])[:, None]
-    vy = (np.stack([val["dapi"], val["cd29"]], 1) - lo) / (hi - lo) * 2 - 1
     meta = {"channel_names": CHANNELS, "input_percentiles": [1.0, 99.8],
             "target_range": list(TARGET_RANGE),
             "provenance": {"script": "benchmarks/augment.py train-synthetic",
@@ -99,29 +91,12 @@ def cmd_oracle_synthetic(args: argparse.Namespace) -> None:
     the shifted microscope, 2500 steps), for the shifts that benchmark does not cover
     (defocus); scored on the same 8 test fields as the adaptation rows.
     """
-    from napari_lmadda.data.datasets import PairedArrays, PatchSampler
-    from napari_lmadda.data.normalize import percentile_normalize
-    from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
+    from demo_recipe import train_oracle  # noqa: PLC0415 - benchmarks/ is on sys.path
+    from napari_lmadda.data.synthetic import PROJECT_DOMAINS
     from napari_lmadda.evaluation.sweep import pearson_per_channel
-    from napari_lmadda.models import UNetConfig, load_model
-    from napari_lmadda.training import SourceTrainConfig, train_source
-    from napari_lmadda.training.source import TARGET_RANGE
 
-    kw = PROJECT_DOMAINS[args.shift]
-    train = make_domain(96, size=256, seed=1, **kw)
-    val = make_domain(8, size=256, seed=2, **kw)
-    pairs = PairedArrays(train["input"], np.stack([train["dapi"], train["cd29"]], 1),
-                         target_range=TARGET_RANGE)
-    sampler = PatchSampler(pairs, 128, 8, seed=0, augment=True)
-    lo, hi = TARGET_RANGE
-    vx = np.stack([percentile_normalize(im)[0] for im in val["input"]])[:, None]
-    vy = (np.stack([val["dapi"], val["cd29"]], 1) - lo) / (hi - lo) * 2 - 1
-    demo = load_model("demo")
-    meta = {k: demo.meta[k] for k in ("channel_names", "input_percentiles", "target_range")}
     t0 = time.time()
-    res = train_source(sampler, (vx, vy), arch=UNetConfig.from_dict(demo.config.to_dict()),
-                       meta=meta, config=SourceTrainConfig(steps=args.steps, eval_every=250,
-                                                           device="cpu"))
+    res = train_oracle(PROJECT_DOMAINS[args.shift], args.steps)
     scores = pearson_per_channel(res.model, synthetic_case(args.shift)["eval"])
     doc = {"shift": args.shift, "pearson": scores, "steps": args.steps,
            "best_step": res.best_step, "val_pearson": res.best_pearson,

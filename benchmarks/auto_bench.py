@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from auto_grid import OUT, _pearson, domains
-from napari_lmadda.adapt.auto import format_report, iter_auto
+from napari_lmadda.adapt.auto import KEEP_ADABN, format_report, iter_auto
 from napari_lmadda.adapt.config import AdaptConfig
 from napari_lmadda.adapt.events import Evaluated, Finished, Step
 from napari_lmadda.jsonsafe import json_safe
@@ -42,12 +42,6 @@ def main() -> None:
                    help="measure the rule before 2 Dec (AdaBN may be kept if stable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.keep_adabn:  # a measurement of the older rule, not a product setting
-        import functools  # noqa: PLC0415
-
-        from napari_lmadda.adapt import auto  # noqa: PLC0415
-
-        auto.decide = functools.partial(auto.decide, keep_adabn=True)
     patch = 128
     if args.case.startswith("real:"):  # a real case, with the plain source model of augment.py
         import augment  # noqa: PLC0415 - benchmarks/ is on sys.path when run as a script
@@ -69,7 +63,10 @@ def main() -> None:
     layers = tuple(int(v) for v in args.layers.split(",") if v)
     t0, res, steps = time.perf_counter(), None, 0
     total = "?"
-    for e in iter_auto(model, source, target, layers=layers, config=cfg, monitor=monitor):
+    # --keep-adabn measures the older rule; it is not a product setting
+    rule = "if-stable" if args.keep_adabn else KEEP_ADABN
+    for e in iter_auto(model, source, target, layers=layers, config=cfg, monitor=monitor,
+                       keep_adabn=rule):
         if isinstance(e, Step):
             steps, total = e.step, e.total_steps
         if isinstance(e, Evaluated):  # progress, for a long run watched through its log

@@ -31,19 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from auto_grid import CASES as AUTO_CASES  # benchmarks/ is on sys.path as a script
 from napari_lmadda.adapt.config import AdaptConfig
 from napari_lmadda.data.synthetic import PROJECT_DOMAINS, make_domain
 from napari_lmadda.evaluation.sweep import EvalSet, iter_sweep, pearson_per_channel
 from napari_lmadda.jsonsafe import json_safe
-from napari_lmadda.models import UNetConfig, load_model
+from napari_lmadda.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "quality"
 SHIFTS = {k: v for k, v in PROJECT_DOMAINS.items() if k in ("brightfield", "overexpose", "scale")}
-# shifts with an oracle only (auto's table in docs/benchmarks.md; same make_domain keywords
-# as benchmarks/auto_grid.py, so the same test fields)
-ORACLE_ONLY = {"defocus": PROJECT_DOMAINS["defocus"],
-               "noise": {"modality": "phase", "shift": "noise", "magnitude": 0.05}}
+# shifts with an oracle only (auto's table in docs/benchmarks.md): auto_grid's cases, so the
+# same test fields
+ORACLE_ONLY = {k: AUTO_CASES[k] for k in ("defocus", "noise")}
 CHANNELS = ["DAPI", "CD29"]
 N_UNLABELED, N_TEST = 48, 8
 
@@ -131,35 +131,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_oracle(args: argparse.Namespace) -> None:
     """Train the demo architecture on labelled target data: the ceiling for adaptation."""
-    from napari_lmadda.data.datasets import PairedArrays, PatchSampler
-    from napari_lmadda.data.normalize import percentile_normalize
-    from napari_lmadda.training import SourceTrainConfig, train_source
-    from napari_lmadda.training.source import TARGET_RANGE
+    from demo_recipe import train_oracle  # noqa: PLC0415 - benchmarks/ is on sys.path
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    kw = {**SHIFTS, **ORACLE_ONLY}[args.shift]
-    train = make_domain(96, size=256, seed=1, **kw)
-    val = make_domain(8, size=256, seed=2, **kw)
-    pairs = PairedArrays(
-        train["input"], np.stack([train["dapi"], train["cd29"]], 1), target_range=TARGET_RANGE
-    )
-    sampler = PatchSampler(pairs, 128, 8, seed=0, augment=True)
-    lo, hi = TARGET_RANGE
-    vx = np.stack([percentile_normalize(im)[0] for im in val["input"]])[:, None]
-    vy = (np.stack([val["dapi"], val["cd29"]], 1) - lo) / (hi - lo) * 2 - 1
-    src = load_model(args.model)
-    arch = UNetConfig.from_dict(src.config.to_dict())
-    meta = {k: src.meta[k] for k in ("channel_names", "input_percentiles", "target_range")}
     t0 = time.time()
-    res = train_source(
-        sampler,
-        (vx, vy),
-        arch=arch,
-        meta=meta,
-        config=SourceTrainConfig(steps=args.steps, eval_every=250, device="cpu"),
-    )
+    res = train_oracle({**SHIFTS, **ORACLE_ONLY}[args.shift], args.steps, model=args.model)
     _, _, ev = domains(args.shift)
     scores = pearson_per_channel(res.model, ev)
     (out / f"oracle_{args.shift}.json").write_text(

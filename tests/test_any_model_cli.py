@@ -17,6 +17,7 @@ import pytest
 import tifffile
 import torch
 
+from cli_helpers import one_line_error
 from napari_lmadda.cli import main
 from napari_lmadda.data.synthetic import write_domain
 
@@ -31,13 +32,6 @@ def ws(tmp_path_factory):
     write_domain(root / "src", 4, size=64, seed=0)
     write_domain(root / "tgt", 3, size=64, seed=1, shift="brightfield")
     return root
-
-
-def one_line_error(capsys, command):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"lmadda {command}: error: "), err
-    assert "\n" not in err and "Traceback" not in err
-    return err
 
 
 def test_train_list_adapt_predict_with_architecture_code(ws, capsys):

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import torch
 
+from cli_helpers import one_line_error
 from napari_lmadda.cli import main
 from napari_lmadda.data.io import read_tiff_metadata
 from napari_lmadda.data.synthetic import write_domain
@@ -30,13 +31,6 @@ def ws(tmp_path_factory):
                                            "target_range": [-0.05, 1.05]},
                provenance={"note": "tiny test model"})
     return root
-
-
-def one_line_error(capsys, command):
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"lmadda {command}: error: "), err
-    assert "\n" not in err and "Traceback" not in err
-    return err
 
 
 # ------------------------------------------------------------------ the happy path

@@ -274,6 +274,7 @@ def iter_auto(
     monitor: Callable[[int, UNetGenerator], dict[str, float]] | None = None,
     probe_patches: int | None = None,
     recommend_steps: int | None = None,
+    keep_adabn: str | bool = KEEP_ADABN,
 ) -> Iterator[Event]:
     """Run auto and yield its events (see the module docstring).
 
@@ -297,6 +298,8 @@ def iter_auto(
         Fixed patches per domain for the score (default :data:`PROBE_PATCHES`) and the
         recommendation probe's training steps (default :data:`RECOMMEND_PROBE_STEPS`);
         smaller values only for installation checks (``lmadda demo --quick``).
+    keep_adabn : {"never", "if-stable", "if-ahead"} or bool
+        When AdaBN may be kept (:func:`decide`); other rules only to measure them.
 
     Yields
     ------
@@ -458,7 +461,7 @@ def iter_auto(
             r.lead, r.lead_lower = paired_gain(probe.ref_sketch, sketches[best.name],
                                                sketches[r.name], probe.out_var,
                                                ref_ids=ps_ids, ids=pt_ids, seed=cfg.seed)
-    winner, why = decide(adapted, source_tta=source_tta, tta=tta)
+    winner, why = decide(adapted, source_tta=source_tta, tta=tta, keep_adabn=keep_adabn)
     yield finished(reports, winner, models[winner.name]() if winner else None, why,
                    StopReason.CANCELLED if cancelled else StopReason.COMPLETED)
 
